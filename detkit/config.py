@@ -1,0 +1,198 @@
+"""Configs: YAML files with `_base_` inheritance, dotted command-line overrides, and validation.
+
+A file may name `_base_: path` or a list of paths (relative to the file); bases are merged depth-first in order,
+then the file's own keys on top, then `key.sub=value` overrides (values parsed as YAML). Every key is checked
+against the schema in detkit.config_schema: an unknown key or a wrong type is a DetkitError naming the key,
+where it came from and, for unknown keys, the closest valid one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from detkit.config_schema import Config
+from detkit.errors import DetkitError
+
+__all__ = ["Config", "load_config", "config_from_dict", "config_to_dict", "save_config", "parse_overrides"]
+
+COMMAND_LINE = "the command line"
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise DetkitError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise DetkitError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DetkitError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, update: dict, sources: dict, source: str, prefix: str = "") -> dict:
+    """Deep-merges update into base (in place), recording which file set each dotted key."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, sources, source, dotted + ".")
+        else:
+            base[key] = value
+            _record(value, sources, source, dotted)
+    return base
+
+
+def _record(value: Any, sources: dict, source: str, dotted: str) -> None:
+    sources[dotted] = source
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _record(sub, sources, source, f"{dotted}.{key}")
+
+
+def _load_tree(path: Path, sources: dict, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        raise DetkitError(f"config {path} includes itself through _base_")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        # The base recorded its own keys' sources while loading; merging it must not overwrite them.
+        _merge(merged, _load_tree(path.parent / base, sources, chain + (path,)), {}, "")
+    return _merge(merged, data, sources, str(path))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Nested dict from `a.b=value` strings, values parsed as YAML."""
+    tree: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise DetkitError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DetkitError(f"override {item!r} sets a key below {part!r}, which is already a value")
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads a YAML config (or the defaults when path is None), applies overrides, and validates it."""
+    sources: dict[str, str] = {}
+    tree = _load_tree(Path(path), sources) if path is not None else {}
+    _merge(tree, parse_overrides(overrides or []), sources, COMMAND_LINE)
+    return config_from_dict(tree, sources)
+
+
+def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Config:
+    """A validated Config from a nested dict of the keys to change from the defaults."""
+    config = _build(Config, tree, "", sources or {})
+    _resolve_roots(config)
+    return config
+
+
+def _build(cls: type, tree: dict, prefix: str, sources: dict[str, str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            valid = [f"{prefix}{name}" for name in fields]
+            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (valid keys here: {', '.join(valid)})"
+            raise DetkitError(f"unknown config key {dotted!r} in {sources.get(dotted, COMMAND_LINE)}{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise DetkitError(f"config key {dotted!r} in {sources.get(dotted, COMMAND_LINE)} must be a "
+                                  f"mapping of keys, got {value!r}")
+            default = fields[key].default_factory()  # nested defaults (e.g. data.train.split) stay unless set
+            values[key] = _build(tp, {**config_to_dict(default), **value}, dotted + ".", sources)
+        else:
+            values[key] = _check(value, tp, dotted, sources)
+    return cls(**values)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp), value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, converted = _matches(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        converted = []
+        for item in value:
+            ok, item = _matches(item, typing.get_args(tp)[0])
+            if not ok:
+                return False, value
+            converted.append(item)
+        return True, converted
+    if tp is type(None):
+        return value is None, value
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(
+            value, (int, float)) else value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    return isinstance(value, tp), value
+
+
+def _check(value: Any, tp: Any, dotted: str, sources: dict[str, str]) -> Any:
+    ok, converted = _matches(value, tp)
+    if not ok:
+        raise DetkitError(f"config key {dotted!r} in {sources.get(dotted, COMMAND_LINE)} must be "
+                          f"{_type_name(tp)}, got {value!r}")
+    return converted
+
+
+def _resolve_roots(config: Config) -> None:
+    for split in (config.data.train, config.data.test):
+        if split.root is None:
+            split.root = config.data.root
+
+
+def config_to_dict(config: Any) -> dict:
+    """The config as plain nested dicts and lists."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    """Writes the resolved config as YAML (atomically) and returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,133 @@
+"""The schema of a detkit config: every valid key, its type and its default.
+
+A YAML config (see configs/) sets any subset of these keys; detkit.config validates it against this schema.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+
+@dataclass
+class DatasetConfig:
+    format: Literal["demo", "voc", "coco"] = "demo"
+    root: Optional[str] = None  # dataset folder; None takes data.root
+    split: Optional[str] = None  # VOC image-set name, or the demo split (train / test)
+    ann_file: Optional[str] = None  # COCO annotation JSON, relative to root
+    image_dir: Optional[str] = None  # COCO image folder, relative to root (default: root)
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None  # shared root for train and test (e.g. the BCCD folder)
+    train: DatasetConfig = field(default_factory=lambda: DatasetConfig(split="train"))
+    test: DatasetConfig = field(default_factory=lambda: DatasetConfig(split="test"))
+    demo_cache: Optional[str] = None  # where the demo dataset is generated (default ~/.cache/detkit/demo)
+    skip_corrupt: bool = False  # skip unreadable images with a warning instead of stopping
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+
+
+@dataclass
+class InputConfig:
+    min_size: Union[int, list[int]] = 800  # shorter side after resizing; a list picks one at random in training
+    max_size: int = 1333  # cap on the longer side
+    test_min_size: Optional[int] = None  # shorter side at test time (default: min_size, or its largest value)
+    flip_prob: float = 0.5
+    color_jitter: float = 0.0
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class SolverConfig:
+    max_iter: int = 1000
+    batch_size: int = 4
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_policy: Literal["step", "cosine"] = "step"
+    steps: list[float] = field(default_factory=lambda: [0.75])  # decay points, as fractions of max_iter
+    gamma: float = 0.1
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    grad_clip: Optional[float] = None  # max gradient norm; None turns clipping off
+    amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision, CUDA only
+    checkpoint_period: int = 500
+    log_period: int = 20
+
+
+@dataclass
+class BackboneConfig:
+    name: Literal["vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    fpn: bool = True
+    norm: Literal["bn", "frozen_bn", "gn"] = "bn"
+    weights: Optional[str] = None  # local torchvision-format ImageNet state_dict
+    trainable_layers: int = 5
+    channels_last: bool = True  # NHWC convolutions (faster with oneDNN on CPU and tensor cores on GPU)
+
+
+@dataclass
+class RPNConfig:
+    anchor_sizes: list[list[float]] = field(default_factory=lambda: [[32.0], [64.0], [128.0], [256.0], [512.0]])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    pre_nms_top_n_train: int = 2000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_train: int = 2000
+    post_nms_top_n_test: int = 1000
+    nms_thresh: float = 0.7
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
+    batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
+    min_size: float = 1e-3
+
+
+@dataclass
+class RoIHeadsConfig:
+    pooler: Literal["roi_align", "roi_pool"] = "roi_align"
+    pooler_resolution: int = 7
+    sampling_ratio: int = 2
+    aligned: bool = True  # half-pixel-corrected RoIAlign (torchvision's MultiScaleRoIAlign uses false)
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    representation_size: int = 1024  # width of the 2-MLP box head (FPN)
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["faster_rcnn"] = "faster_rcnn"
+    num_classes: Optional[int] = None  # foreground classes; None takes the training set's
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+
+
+@dataclass
+class TrainConfig:
+    schedule: Literal["joint"] = "joint"  # approximate joint training (end to end)
+    eval_period: int = 0  # evaluate on data.test every N iterations (0: only at the end)
+
+
+@dataclass
+class OpsConfig:
+    backend: Literal["auto", "triton", "torchvision"] = "auto"
+
+
+@dataclass
+class Config:
+    output_dir: str = "outputs/run"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    threads: Optional[int] = None  # torch CPU threads (None: torch's default)
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)

@@ -1,0 +1,56 @@
+import pytest
+import yaml
+
+from detkit.config import load_config, save_config
+from detkit.errors import DetkitError
+
+
+def write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "_base_").mkdir()
+    write(tmp_path / "_base_" / "a.yaml", {"solver": {"max_iter": 10, "base_lr": 0.1}, "seed": 1})
+    write(tmp_path / "_base_" / "b.yaml", {"solver": {"max_iter": 20}, "input": {"min_size": 320}})
+    cfg_path = write(tmp_path / "run.yaml", {"_base_": ["_base_/a.yaml", "_base_/b.yaml"], "seed": 3})
+    cfg = load_config(cfg_path, ["solver.batch_size=2", "input.min_size=[256, 288]"])
+    assert cfg.solver.max_iter == 20 and cfg.solver.base_lr == 0.1 and cfg.seed == 3
+    assert cfg.solver.batch_size == 2 and cfg.input.min_size == [256, 288]
+    assert cfg.data.train.split == "train"  # untouched nested defaults stay
+
+
+def test_unknown_key_in_file_names_key_file_and_suggestion(tmp_path):
+    cfg_path = write(tmp_path / "bad.yaml", {"solver": {"max_iters": 5}})
+    with pytest.raises(DetkitError) as err:
+        load_config(cfg_path)
+    message = str(err.value)
+    assert "solver.max_iters" in message and str(cfg_path) in message and "solver.max_iter" in message
+
+
+def test_unknown_key_in_base_names_the_base_file(tmp_path):
+    base = write(tmp_path / "base.yaml", {"model": {"backbone": {"nmae": "resnet18"}}})
+    cfg_path = write(tmp_path / "run.yaml", {"_base_": "base.yaml"})
+    with pytest.raises(DetkitError, match="model.backbone.nmae.*base.yaml.*model.backbone.name"):
+        load_config(cfg_path)
+
+
+def test_unknown_key_on_command_line():
+    with pytest.raises(DetkitError, match="unknown config key 'solver.lr' in the command line"):
+        load_config(None, ["solver.lr=0.1"])
+
+
+def test_wrong_type_names_key_and_expected_type():
+    with pytest.raises(DetkitError, match="'solver.max_iter' .* must be an integer, got 'ten'"):
+        load_config(None, ["solver.max_iter=ten"])
+    with pytest.raises(DetkitError, match="'model.backbone.name' .* one of"):
+        load_config(None, ["model.backbone.name=resnet9"])
+
+
+def test_data_root_fills_both_splits_and_saved_config_reloads(tmp_path):
+    cfg = load_config(None, ["data.root=/data/BCCD", "data.train.format=voc", "data.train.split=trainval"])
+    assert cfg.data.train.root == cfg.data.test.root == "/data/BCCD"
+    saved = save_config(cfg, tmp_path / "out" / "config.yaml")
+    again = load_config(saved)
+    assert again == cfg
