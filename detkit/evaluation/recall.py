@@ -1,0 +1,71 @@
+"""COCO-style average recall of region proposals.
+
+Glossary:
+    N        images; `proposals[i]` and `gt_boxes[i]` describe the same image
+    P / G    proposals / ground-truth boxes in one image
+    boxes    x1, y1, x2, y2 in absolute pixels, float32; proposals sorted by score, best first
+    AR@n     recall averaged over IoU thresholds 0.50:0.95, keeping the top n proposals per image
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.ops import box_iou
+
+from detkit.errors import DetkitError
+
+COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
+def proposal_recall(
+    proposals: Sequence[torch.Tensor],
+    gt_boxes: Sequence[torch.Tensor],
+    limits: Sequence[int] = (100, 300, 1000),
+    iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
+) -> dict[str, float]:
+    """Average recall {"AR@<n>": value} of the top-n proposals per image, with one-to-one matching to ground truth."""
+    if len(proposals) != len(gt_boxes):
+        raise DetkitError(
+            f"proposal_recall got proposals for {len(proposals)} images but gt_boxes for {len(gt_boxes)}."
+        )
+    thresholds = torch.as_tensor(list(iou_thresholds), dtype=torch.float64)
+    results = {}
+    for limit in limits:
+        per_image = [
+            _matched_overlaps(_boxes(p, i, "proposals")[:limit], _boxes(g, i, "gt_boxes"))
+            for i, (p, g) in enumerate(zip(proposals, gt_boxes))
+        ]
+        overlaps = torch.cat(per_image) if per_image else torch.zeros(0, dtype=torch.float64)
+        if overlaps.numel() == 0:
+            results[f"AR@{limit}"] = 0.0
+            continue
+        recalls = (overlaps[None, :] >= thresholds[:, None]).double().mean(dim=1)
+        results[f"AR@{limit}"] = float(recalls.mean())
+    return results
+
+
+def _matched_overlaps(proposals: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """(G,) IoU of each ground-truth box with the proposal it is greedily matched to (0 when none is left)."""
+    covered = torch.zeros(len(gt), dtype=torch.float64)
+    if len(gt) == 0 or len(proposals) == 0:
+        return covered
+    iou = box_iou(proposals, gt)
+    # Greedy, as in detectron2's proposal evaluation: repeatedly take the best remaining (proposal, gt) pair.
+    for _ in range(min(len(proposals), len(gt))):
+        best_per_gt, proposal_index = iou.max(dim=0)
+        best_iou, gt_index = best_per_gt.max(dim=0)
+        covered[gt_index] = best_iou
+        iou[proposal_index[gt_index], :] = -1
+        iou[:, gt_index] = -1
+    return covered
+
+
+def _boxes(boxes: torch.Tensor, index: int, name: str) -> torch.Tensor:
+    boxes = torch.as_tensor(boxes).detach().to("cpu", torch.float64)
+    if boxes.numel() == 0:
+        return boxes.reshape(0, 4)
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise DetkitError(f"{name}[{index}] must have shape (n, 4), got {tuple(boxes.shape)}.")
+    return boxes
