@@ -103,6 +103,7 @@ class RoIHeadsConfig:
 class ModelConfig:
     arch: Literal["faster_rcnn"] = "faster_rcnn"
     num_classes: Optional[int] = None  # foreground classes; None takes the training set's
+    class_names: Optional[list[str]] = None  # filled from the training set; kept in config.yaml for inference
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
