@@ -1,0 +1,55 @@
+"""Datasets (VOC, COCO, synthetic demo), bbox-aware transforms and deterministic loaders.
+
+Every dataset gives ``ds[i] -> (image, target)``: image CHW float32 RGB in [0, 1]; target ``boxes`` float32 (M, 4)
+x1, y1, x2, y2 absolute 0-based continuous pixels, ``labels`` int64 (M,) in 1..K (background = 0), ``image_id``
+int, ``ignore`` bool (M,), ``orig_size`` (H, W) of the stored image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detkit.data.base import DetectionDataset, ImageRecord, Transform
+from detkit.data.coco import COCODataset
+from detkit.data.demo import DEMO_CLASSES, ensure_demo
+from detkit.data.image_io import read_image, to_tensor
+from detkit.data.loader import TrainStream, build_test_loader, build_train_loader, collate
+from detkit.data.transforms import DetectionTransform, build_transforms
+from detkit.data.voc import VOCDataset
+from detkit.errors import DetkitError
+
+FORMATS = ("demo", "voc", "coco")
+
+
+def build_dataset(format: str, root: str | None, split: str | None, ann_file: str | None, train: bool,
+                  transforms: Transform | None = None, skip_corrupt: bool = False,
+                  demo_cache: str | None = None) -> DetectionDataset:
+    """Dataset from config values: demo (split train/test, root ignored), voc (root + split), coco (root + ann_file).
+
+    For coco, ``ann_file`` is relative to ``root`` and images lie in ``root/split`` when a split is given, else in
+    ``root``. A missing split defaults to train/test (demo), trainval/test (voc) from ``train``.
+    """
+    if format == "demo":
+        folder = ensure_demo(demo_cache)
+        split = split or ("train" if train else "test")
+        if split not in ("train", "test"):
+            raise DetkitError(f"Demo data has splits 'train' and 'test', got split '{split}'.")
+        return COCODataset(folder / split, folder / f"{split}.json", skip_corrupt=skip_corrupt, transforms=transforms)
+    if format not in FORMATS:
+        raise DetkitError(f"Unknown data format '{format}'; expected one of {', '.join(FORMATS)}.")
+    if not root:
+        raise DetkitError(f"Data format '{format}' needs a root folder (data.train.root / data.test.root).")
+    if format == "voc":
+        return VOCDataset(root, split or ("trainval" if train else "test"), skip_corrupt=skip_corrupt,
+                          transforms=transforms)
+    if not ann_file:
+        raise DetkitError("Data format 'coco' needs an ann_file (data.train.ann_file / data.test.ann_file).")
+    image_dir = Path(root) / split if split else Path(root)
+    return COCODataset(image_dir, Path(root) / ann_file, skip_corrupt=skip_corrupt, transforms=transforms)
+
+
+__all__ = [
+    "COCODataset", "DEMO_CLASSES", "DetectionDataset", "DetectionTransform", "ImageRecord", "TrainStream",
+    "VOCDataset", "build_dataset", "build_test_loader", "build_train_loader", "build_transforms", "collate",
+    "ensure_demo", "read_image", "to_tensor",
+]

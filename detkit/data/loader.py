@@ -1,0 +1,127 @@
+"""Batching: a deterministic, infinite training stream (exactly resumable) and an in-order test loader.
+
+Shapes and names: B images per batch; a batch is ``(list of B image tensors CHW float32, list of B target dicts)``
+since images of different sizes stay separate (the model pads them). A sample key is ``(dataset index, seed)``;
+the seed drives that sample's augmentation, so batch k is a pure function of (seed, k), whatever num_workers is.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detkit.errors import DetkitError
+
+Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+SampleKey = tuple[int, int]
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
+    """Split a list of (image, target) samples into a list of images and a list of targets."""
+    return [image for image, _ in batch], [target for _, target in batch]
+
+
+class TrainStream:
+    """Infinite deterministic stream of batches of (dataset index, per-sample seed) keys.
+
+    Epoch e visits every index once in the order of a permutation drawn from (seed, e), and gives each visit a
+    seed drawn from the same generator. With aspect-ratio grouping (groups: w >= h and w < h) indices queue per
+    group and a batch is emitted as soon as one group holds ``batch_size``, as torchvision's GroupedBatchSampler.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int = 0, start_iter: int = 0,
+                 group_ids: Sequence[int] | None = None) -> None:
+        if num_samples <= 0:
+            raise DetkitError("The training dataset is empty.")
+        if batch_size <= 0:
+            raise DetkitError(f"batch_size must be positive, got {batch_size}.")
+        if start_iter < 0:
+            raise DetkitError(f"start_iter must be >= 0, got {start_iter}.")
+        if group_ids is not None and len(group_ids) != num_samples:
+            raise DetkitError(f"group_ids has {len(group_ids)} entries for {num_samples} samples.")
+        self.num_samples, self.batch_size, self.seed, self.start_iter = num_samples, batch_size, seed, start_iter
+        self.group_ids = list(group_ids) if group_ids is not None else [0] * num_samples
+
+    def _keys(self) -> Iterator[SampleKey]:
+        """Every (index, seed) key of epochs 0, 1, 2, ... in order."""
+        epoch = 0
+        while True:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(self.num_samples).tolist()
+            seeds = rng.integers(0, 2**31, size=self.num_samples).tolist()
+            yield from zip(order, seeds)
+            epoch += 1
+
+    def _batches(self) -> Iterator[list[SampleKey]]:
+        """All batches from batch 0 on."""
+        queues: dict[int, list[SampleKey]] = {}
+        for key in self._keys():
+            queue = queues.setdefault(self.group_ids[key[0]], [])
+            queue.append(key)
+            if len(queue) == self.batch_size:
+                yield queue.copy()
+                queue.clear()
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        batches = self._batches()
+        for _ in range(self.start_iter):
+            next(batches)
+        yield from batches
+
+
+class _KeyedDataset(Dataset):
+    """View that loads sample (index, seed) through the dataset's ``get(index, seed=...)``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, dict[str, Any]]:
+        index, seed = key
+        return self.dataset.get(index, seed=seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Seed a worker's stray RNGs from its torch seed and keep it to one thread on shared CPUs."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def _group_ids(dataset: Dataset) -> list[int]:
+    """0 for landscape/square images (w >= h), 1 for portrait ones, from ``dataset.aspect_ratios()``."""
+    return [0 if ratio >= 1.0 else 1 for ratio in dataset.aspect_ratios()]
+
+
+def build_train_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 2, seed: int = 0,
+                       start_iter: int = 0, aspect_ratio_grouping: bool = True,
+                       pin_memory: bool = False) -> Iterator[Batch]:
+    """Infinite iterator of training batches; batch k depends only on (seed, k), so start_iter=k resumes exactly.
+
+    ``dataset`` needs ``get(index, seed=...)``, ``len`` and, for grouping, ``aspect_ratios()``. Skipping to
+    start_iter advances only the index stream; no image is decoded for skipped batches.
+    """
+    group_ids = _group_ids(dataset) if aspect_ratio_grouping else None
+    stream = TrainStream(len(dataset), batch_size, seed=seed, start_iter=start_iter, group_ids=group_ids)
+    # DataLoader draws its worker base seed from this generator, never from the global torch RNG.
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(_KeyedDataset(dataset), batch_sampler=stream, num_workers=num_workers,
+                        collate_fn=collate, pin_memory=pin_memory, worker_init_fn=_worker_init,
+                        generator=generator, persistent_workers=False)
+    return iter(loader)
+
+
+def build_test_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 2,
+                      pin_memory: bool = False) -> DataLoader:
+    """Finite loader over the dataset in index order (no shuffling), yielding (images, targets) batches."""
+    if batch_size <= 0:
+        raise DetkitError(f"batch_size must be positive, got {batch_size}.")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=pin_memory, worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0))
