@@ -1,0 +1,412 @@
+"""The training loop: one optimizer step per iteration; AMP, gradient clipping, logging, evaluation, checkpoints.
+
+Names: N images per batch, each a CHW float tensor; a target is a dict with `boxes` (M, 4) float32 x1,y1,x2,y2 in
+absolute pixels, `labels` (M,) int64 (background = 0), `ignore` (M,) bool and `image_id`. `iteration` counts
+completed optimizer steps, so `last.pth` at iteration k resumes with the (k+1)-th step.
+Files under `output_dir`: `last.pth` (full training state), `model_final.pth` (model state_dict), `metrics.jsonl`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from detkit.errors import DetkitError
+
+logger = logging.getLogger(__name__)
+
+AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Iterations left out of img/s at the start of a run (allocator warm-up, cudnn autotuning, worker start-up).
+THROUGHPUT_WARMUP_ITERS = 5
+
+Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
+
+
+class Trainer:
+    """Train a detector whose train-mode forward `model(images, targets)` returns a dict of scalar losses."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loader_factory: Callable[[int], Iterator[Batch]],
+        *,
+        max_iter: int,
+        output_dir: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        checkpoint_period: int = 500,
+        log_period: int = 20,
+        amp: str = "off",
+        grad_clip: float | None = None,
+        eval_fn: Callable[[nn.Module], dict] | None = None,
+        eval_period: int = 0,
+        config: dict | None = None,
+        progress: bool = True,
+    ) -> None:
+        if amp not in AMP_MODES:
+            raise DetkitError(f"solver.amp must be one of {', '.join(AMP_MODES)}, got {amp!r}.")
+        if max_iter <= 0 or checkpoint_period <= 0 or log_period <= 0 or eval_period < 0:
+            raise DetkitError(
+                "max_iter, checkpoint_period and log_period must be positive and eval_period >= 0, got "
+                f"{max_iter}, {checkpoint_period}, {log_period} and {eval_period}."
+            )
+        if grad_clip is not None and grad_clip <= 0:
+            raise DetkitError(f"solver.grad_clip must be positive or None, got {grad_clip}.")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.loader_factory = loader_factory
+        self.max_iter = max_iter
+        self.output_dir = Path(output_dir)
+        self.checkpoint_period = checkpoint_period
+        self.log_period = log_period
+        if amp != "off" and self.device.type != "cuda":
+            logger.info("Mixed precision (%s) needs CUDA; training in float32 on %s.", amp, self.device)
+            amp = "off"
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.grad_clip = grad_clip
+        self.eval_fn = eval_fn
+        self.eval_period = eval_period
+        self.config = config
+        self.progress = progress
+        self._stop_signal: int | None = None
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """Path of the resumable checkpoint."""
+        return self.output_dir / "last.pth"
+
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        """Run iterations up to max_iter (continuing from last.pth when `resume`); return throughput and final loss."""
+        is_main = _is_main_process()
+        if is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        start_iter, final_loss = self._resume() if resume else (0, math.nan)
+        if start_iter >= self.max_iter:
+            logger.info("%s is at iteration %d >= max_iter %d; nothing to train.",
+                        self.last_checkpoint, start_iter, self.max_iter)
+            if is_main:
+                self._save_final_model()
+            return {"train/img_per_s": 0.0, "iterations": start_iter, "final_loss": final_loss}
+        metrics = _MetricsWriter(self.output_dir, start_iter) if is_main else None
+        bar = tqdm(
+            total=self.max_iter,
+            initial=start_iter,
+            dynamic_ncols=True,
+            disable=not (self.progress and is_main and sys.stderr.isatty()),
+        )
+        redirect = logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()
+        try:
+            with redirect, self._signal_handlers():
+                result = self._loop(start_iter, metrics, bar)
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        if is_main:
+            self._save_final_model()
+        return result
+
+    def _resume(self) -> tuple[int, float]:
+        """Restore the full training state from last.pth; return (iteration, loss at that iteration)."""
+        if not self.last_checkpoint.is_file():
+            logger.info("No checkpoint at %s; training from scratch.", self.last_checkpoint)
+            return 0, math.nan
+        state = load_checkpoint(
+            self.last_checkpoint,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.lr_scheduler,
+            scaler=self.scaler if self.scaler.is_enabled() else None,
+            restore_rng=True,
+        )
+        iteration = int(state["iteration"])
+        logger.info("Resuming from %s at iteration %d.", self.last_checkpoint, iteration)
+        return iteration, float((state.get("extra") or {}).get("loss", math.nan))
+
+    def _loop(self, start_iter: int, metrics: _MetricsWriter | None, bar: tqdm) -> dict[str, Any]:
+        """Run the iterations from start_iter and return the summary."""
+        with _isolated_rng(self.device):
+            data = self.loader_factory(start_iter)
+        meter = _Meter(skip=min(THROUGHPUT_WARMUP_ITERS, (self.max_iter - start_iter) // 2))
+        window: dict[str, float] = {}
+        eval_result: dict[str, Any] = {}
+        iteration, loss = start_iter, math.nan
+        self.model.train()
+        while iteration < self.max_iter:
+            tic = time.perf_counter()
+            try:
+                with _isolated_rng(self.device):
+                    images, targets = next(data)
+            except Exception:
+                if self._stop_signal is None:
+                    raise
+                break  # the signal also stopped the loader's workers; the state is still that of `iteration`
+            lr = self.optimizer.param_groups[0]["lr"]
+            losses = self._step(images, targets, iteration + 1)
+            iteration += 1
+            meter.add(len(images), time.perf_counter() - tic)
+            loss = sum(losses.values())
+            for key, value in {**losses, "total_loss": loss}.items():
+                window[key] = window.get(key, 0.0) + value
+            if iteration % self.log_period == 0 or iteration == self.max_iter:
+                iters, img_per_s, seconds = meter.pop_window()
+                record = {k: v / iters for k, v in window.items()}
+                self._log(iteration, {**record, "lr": lr, "img_per_s": img_per_s, "time": seconds}, metrics, bar)
+                window.clear()
+            bar.update(1)
+            if self.eval_fn is not None and self.eval_period > 0 and iteration % self.eval_period == 0:
+                eval_result = self._evaluate(iteration, metrics)
+            if iteration % self.checkpoint_period == 0 or iteration == self.max_iter:
+                self._save_last(iteration, loss)
+            if self._stop_signal is not None:
+                break
+        if self._stop_signal is not None:
+            self._save_last(iteration, loss)
+            logger.info("Stopped by signal %d at iteration %d; %s saved.",
+                        self._stop_signal, iteration, self.last_checkpoint)
+            if self._stop_signal == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + self._stop_signal)
+        return {
+            "train/img_per_s": meter.img_per_s(),
+            "train/time_s": meter.total_time,
+            "iterations": iteration,
+            "final_loss": loss,
+            **eval_result,
+        }
+
+    def _step(self, images: list[torch.Tensor], targets: list[dict[str, Any]], iteration: int) -> dict[str, float]:
+        """Run one forward/backward/optimizer step; return the loss values."""
+        images, targets = _to_device(images, targets, self.device)
+        with torch.autocast(self.device.type, dtype=AMP_MODES[self.amp], enabled=self.amp != "off"):
+            loss_dict = self.model(images, targets)
+        values = torch.stack([v.detach().float() for v in loss_dict.values()])
+        if not bool(torch.isfinite(values).all()):
+            bad = [k for k, v in zip(loss_dict, values.tolist()) if not math.isfinite(v)]
+            raise FloatingPointError(
+                f"Loss {', '.join(bad)} is not finite at iteration {iteration}; "
+                "lower solver.base_lr, set solver.grad_clip, or check the training data."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(sum(loss_dict.values())).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_scheduler.step()
+        return dict(zip(loss_dict, values.tolist()))
+
+    def _evaluate(self, iteration: int, metrics: _MetricsWriter | None) -> dict[str, Any]:
+        """Call eval_fn without disturbing the training RNG stream, log its result, and return to train mode."""
+        with _isolated_rng(self.device):
+            result = dict(self.eval_fn(self.model))
+        self.model.train()
+        logger.info("Evaluation at iteration %d: %s", iteration, json.dumps(result, default=_to_json))
+        if metrics is not None:
+            metrics.write(iteration, result)
+        return result
+
+    def _log(self, iteration: int, record: dict[str, float], metrics: _MetricsWriter | None, bar: tqdm) -> None:
+        """Write one log record to metrics.jsonl / TensorBoard and to the bar or the log."""
+        if metrics is not None:
+            metrics.write(iteration, record)
+        if not bar.disable:
+            bar.set_postfix(
+                loss=f"{record['total_loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.1f}"
+            )
+        elif metrics is not None:
+            eta = datetime.timedelta(seconds=round((self.max_iter - iteration) * record["time"]))
+            losses = "  ".join(f"{k}: {v:.4f}" for k, v in record.items() if k.startswith("loss") or k == "total_loss")
+            logger.info(
+                "iter %d/%d  %s  lr: %.3e  img/s: %.1f  eta: %s",
+                iteration, self.max_iter, losses, record["lr"], record["img_per_s"], eta,
+            )
+
+    def _save_last(self, iteration: int, loss: float) -> None:
+        """Save the resumable training state to last.pth (main process only)."""
+        if not _is_main_process():
+            return
+        save_checkpoint(
+            self.last_checkpoint,
+            model=_unwrap(self.model),
+            optimizer=self.optimizer,
+            scheduler=self.lr_scheduler,
+            scaler=self.scaler if self.scaler.is_enabled() else None,
+            iteration=iteration,
+            config=self.config,
+            extra={"loss": loss},
+        )
+
+    def _save_final_model(self) -> None:
+        """Save the model's state_dict (on CPU) to model_final.pth atomically."""
+        state = {k: v.detach().cpu() for k, v in _unwrap(self.model).state_dict().items()}
+        path = self.output_dir / "model_final.pth"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def _signal_handlers(self) -> Iterator[None]:
+        """Turn SIGINT/SIGTERM into a stop request honoured at the end of the current iteration."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._stop_signal = None
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal == signal.SIGINT and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C stops at once
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+class _Meter:
+    """Images and seconds, over the run (after `skip` warm-up iterations) and over the current log window."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.seen_iters, self.images, self.total_time = skip, 0, 0, 0.0
+        self.window = (0, 0, 0.0)  # iterations, images, seconds
+
+    def add(self, num_images: int, seconds: float) -> None:
+        """Count one iteration."""
+        self.seen_iters += 1
+        if self.seen_iters > self.skip:
+            self.images += num_images
+            self.total_time += seconds
+        iters, images, window_seconds = self.window
+        self.window = (iters + 1, images + num_images, window_seconds + seconds)
+
+    def pop_window(self) -> tuple[int, float, float]:
+        """Return the window's (iterations, img/s, seconds per iteration) and start a new window."""
+        iters, images, seconds = self.window
+        self.window = (0, 0, 0.0)
+        return iters, images / max(seconds, 1e-9), seconds / max(iters, 1)
+
+    def img_per_s(self) -> float:
+        """Images per second over the run, warm-up iterations excluded."""
+        return self.images / max(self.total_time, 1e-9)
+
+
+class _MetricsWriter:
+    """Append records to metrics.jsonl and, when tensorboard is installed, to TensorBoard."""
+
+    def __init__(self, output_dir: Path, start_iter: int) -> None:
+        self.path = output_dir / "metrics.jsonl"
+        _drop_records_after(self.path, start_iter)
+        self.file = self.path.open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.tensorboard = None
+        else:
+            self.tensorboard = SummaryWriter(str(output_dir), purge_step=start_iter or None)
+
+    def write(self, iteration: int, record: dict[str, Any]) -> None:
+        """Write one record for `iteration`."""
+        self.file.write(json.dumps({"iter": iteration, **record}, default=_to_json) + "\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tensorboard.add_scalar(key, value, iteration)
+
+    def close(self) -> None:
+        """Close the files."""
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _drop_records_after(path: Path, iteration: int) -> None:
+    """Keep the records up to `iteration` (none when starting from 0), so a resumed run logs no duplicates."""
+    if not path.is_file():
+        return
+    kept = []
+    if iteration > 0:
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                if json.loads(line)["iter"] <= iteration:
+                    kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _to_device(
+    images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device
+) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Move a batch to `device` and drop the boxes marked `ignore` (and the `ignore` key) from each target."""
+    images = [img.to(device, non_blocking=True) for img in images]
+    moved = []
+    for target in targets:
+        target = dict(target)
+        ignore = target.pop("ignore", None)
+        if ignore is not None and bool(ignore.any()):
+            keep = ~ignore.to(torch.bool)
+            num_boxes = len(keep)
+            for key, value in target.items():
+                if key != "image_id" and torch.is_tensor(value) and value.dim() > 0 and len(value) == num_boxes:
+                    target[key] = value[keep]
+        moved.append({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in target.items()})
+    return images, moved
+
+
+@contextlib.contextmanager
+def _isolated_rng(device: torch.device) -> Iterator[None]:
+    """Run a block (data loading, evaluation) without advancing the training's global RNG streams."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def _is_main_process() -> bool:
+    """Whether this process writes files (rank 0, or no process group)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def _to_json(value: Any) -> Any:
+    """Convert tensors and numpy scalars for json.dumps."""
+    if torch.is_tensor(value) or isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)
+
