@@ -1,0 +1,153 @@
+"""What the command-line tools do, as library calls: build from a config, train, evaluate, predict.
+
+The only module besides detkit.modeling.build that reads config keys (the edge where a config becomes arguments).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from detkit.config import Config, config_to_dict, save_config
+from detkit.data import build_dataset
+from detkit.data.loader import build_test_loader, build_train_loader
+from detkit.data.transforms import build_transforms
+from detkit.engine.checkpoint import load_model_weights
+from detkit.engine.solver import build_lr_scheduler, build_optimizer
+from detkit.engine.trainer import Trainer
+from detkit.errors import DetkitError
+from detkit.evaluation.coco import detections_to_coco, evaluate_coco, format_coco_table
+from detkit.evaluation.voc import evaluate_voc
+from detkit.modeling.build import build_model
+from detkit import ops
+from detkit.visualize import draw_detections, draw_grid, save_image
+
+
+def setup(cfg: Config, make_output_dir: bool = True) -> torch.device:
+    """Seeds, threads, ops backend (and output folder) for a run; returns the device to use."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ops.set_backend(cfg.ops.backend)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise DetkitError("config key 'device' is 'cuda' but no CUDA device is available (use device=auto or cpu)")
+    if make_output_dir:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    return torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                        "cpu" if cfg.device == "auto" else cfg.device)
+
+
+def load_trained(cfg: Config, weights: str | Path) -> nn.Module:
+    """The config's detector with weights from a model_final.pth or a training checkpoint, in eval mode."""
+    if not cfg.model.class_names and not cfg.model.num_classes:
+        raise DetkitError("the config names no classes (model.class_names); use the config.yaml a training run wrote")
+    model = build_model(cfg, num_classes=len(cfg.model.class_names or []) or None)
+    load_model_weights(weights, model)
+    return model.eval()
+
+
+def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device, path: Path,
+                           class_names: list[str], count: int = 8, score_thresh: float = 0.5) -> Path:
+    """Draws the model's detections on the first images of a dataset, tiled into one picture."""
+    model.eval()
+    tiles = []
+    with torch.no_grad():
+        for i in range(min(count, len(dataset))):
+            image, _ = dataset[i]
+            det = model([image.to(device)])[0]
+            tiles.append(draw_detections(image, det["boxes"], det["labels"], det["scores"], class_names,
+                                         score_thresh=score_thresh))
+    save_image(draw_grid(tiles, nrow=4), path)
+    return path
+
+
+def build_split(cfg: Config, split: str) -> Any:
+    """The train or test dataset of a config (training augmentation on the train split only)."""
+    d = getattr(cfg.data, split)
+    train = split == "train"
+    transforms = build_transforms(train=True, min_size=cfg.input.min_size, max_size=cfg.input.max_size,
+                                  flip_prob=cfg.input.flip_prob, color_jitter=cfg.input.color_jitter) if train else None
+    return build_dataset(d.format, d.root, d.split, d.ann_file, train=train, transforms=transforms,
+                         skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "infer") -> tuple[list[dict], float]:
+    """Detections for every batch of a test loader (on the CPU) and the images per second."""
+    model.eval()
+    outputs: list[dict] = []
+    count, start = 0, time.perf_counter()
+    for images, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        for out in model([im.to(device) for im in images]):
+            outputs.append({k: v.cpu() for k, v in out.items()})
+        count += len(images)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return outputs, count / max(time.perf_counter() - start, 1e-9)
+
+
+def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
+             voc: bool = False) -> tuple[dict[str, float], list[dict]]:
+    """COCO metrics (and VOC AP with voc=True) of a model on a dataset, and its COCO-format results."""
+    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=num_workers), device)
+    results = detections_to_coco(outputs, dataset.image_ids, dataset.label_to_category_id)
+    metrics = evaluate_coco(dataset.coco_gt(), results, class_names=dataset.classes)
+    if voc:
+        targets = [dataset.target(i) for i in range(len(dataset))]
+        voc_metrics = evaluate_voc(outputs, targets, num_classes=len(dataset.classes), class_names=dataset.classes)
+        metrics.update({f"voc/{k}": v for k, v in voc_metrics.items()})
+    metrics["infer/img_per_s"] = img_per_s
+    return metrics, results
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict[str, float]:
+    """Trains the config's detector, evaluates it on data.test and writes metrics.json; returns the metrics."""
+    device = setup(cfg)
+    train_set = build_split(cfg, "train")
+    test_set = build_split(cfg, "test")
+    if cfg.model.class_names is None:
+        cfg.model.class_names = list(train_set.classes)
+    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    model = build_model(cfg, num_classes=len(cfg.model.class_names))
+    s = cfg.solver
+    optimizer = build_optimizer(model, base_lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    scheduler = build_lr_scheduler(optimizer, max_iter=s.max_iter, warmup_iters=s.warmup_iters,
+                                   warmup_factor=s.warmup_factor, policy=s.lr_policy, gamma=s.gamma,
+                                   steps=[max(1, round(f * s.max_iter)) for f in s.steps])
+
+    def loader_factory(start_iter: int):
+        return build_train_loader(train_set, s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                                  start_iter=start_iter, aspect_ratio_grouping=cfg.data.aspect_ratio_grouping)
+
+    def eval_fn(m: nn.Module) -> dict:
+        return evaluate(m, test_set, device, cfg.data.num_workers)[0]
+
+    trainer = Trainer(model, optimizer, scheduler, loader_factory, max_iter=s.max_iter, output_dir=cfg.output_dir,
+                      device=device, checkpoint_period=s.checkpoint_period, log_period=s.log_period, amp=s.amp,
+                      grad_clip=s.grad_clip, eval_fn=eval_fn if cfg.train.eval_period else None,
+                      eval_period=cfg.train.eval_period, config=config_to_dict(cfg), progress=progress)
+    summary = trainer.train(resume=resume)
+    metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc")
+    metrics["train/img_per_s"] = summary.get("train/img_per_s", float("nan"))
+    write_json(Path(cfg.output_dir) / "metrics.json", metrics)
+    write_json(Path(cfg.output_dir) / "detections_test.json", results)
+    save_detection_picture(model, test_set, device, Path(cfg.output_dir) / "detections.jpg", cfg.model.class_names)
+    print(format_coco_table(metrics))
+    print(f"wrote {cfg.output_dir}/metrics.json, model_final.pth and detections.jpg")
+    return metrics
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes JSON atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)

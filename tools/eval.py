@@ -1,0 +1,40 @@
+"""Evaluate trained weights on a config's test split: COCO metrics (and VOC AP for VOC data).
+
+    python tools/eval.py CONFIG --weights W [KEY=VALUE ...]
+
+Prints the metrics table and writes <output_dir>/metrics.json.
+"""
+import argparse
+from pathlib import Path
+
+from detkit.cli import add_common_args, run
+from detkit.config import load_config
+
+
+def main(args: argparse.Namespace) -> int:
+    from detkit.engine.workflow import build_split, evaluate, load_trained, setup, write_json
+    from detkit.evaluation.coco import format_coco_table
+
+    cfg = load_config(args.config, args.overrides)
+    device = setup(cfg)
+    test_set = build_split(cfg, "test")
+    if not cfg.model.class_names:
+        cfg.model.class_names = list(test_set.classes)
+    model = load_trained(cfg, args.weights).to(device)
+    metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc")
+    print(format_coco_table(metrics))
+    if "voc/mAP" in metrics:
+        print(f"VOC mAP@0.5 (area): {metrics['voc/mAP']:.4f}")
+    out = Path(cfg.output_dir) / "metrics.json"
+    write_json(out, metrics)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="YAML config (e.g. the config.yaml a training run wrote)")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/BCCD")
+    parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
+    add_common_args(parser)
+    run(main, parser)

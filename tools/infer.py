@@ -1,0 +1,80 @@
+"""Detect objects in images: writes COCO-format results and drawn pictures.
+
+    python tools/infer.py IMAGE_OR_FOLDER ... [--config C] [--weights W] [--out DIR] [--score-thresh S]
+
+With no --config/--weights it uses the model the README's main command trained (outputs/demo).
+"""
+import argparse
+import json
+from pathlib import Path
+
+from detkit.cli import add_common_args, run
+from detkit.config import load_config
+from detkit.errors import DetkitError
+
+DEFAULT_RUN = Path("outputs/demo")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Image files named directly or found (not recursively) in the named folders, in sorted order."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise DetkitError(f"input {item} does not exist")
+    if not paths:
+        raise DetkitError(f"no images found in {', '.join(inputs)}")
+    return paths
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from detkit.data.image_io import read_image, to_tensor
+    from detkit.engine.workflow import load_trained, setup
+    from detkit.visualize import draw_detections, save_image
+
+    config = Path(args.config) if args.config else DEFAULT_RUN / "config.yaml"
+    if not config.is_file():
+        raise DetkitError(f"no trained model at {config.parent}: train one first with "
+                          "`python tools/train.py configs/demo.yaml`, or pass --config and --weights")
+    cfg = load_config(config)
+    weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
+    device = setup(cfg, make_output_dir=False)
+    model = load_trained(cfg, weights).to(device)
+    names = cfg.model.class_names or [str(k) for k in range(1, cfg.model.num_classes + 1)]
+    out = Path(args.out)
+    results = []
+    for image_id, path in enumerate(tqdm(collect_images(args.inputs), desc="infer", dynamic_ncols=True), start=1):
+        image = to_tensor(read_image(path))
+        with torch.no_grad():
+            det = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+        keep = det["scores"] >= args.score_thresh
+        for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
+                                     det["scores"][keep].tolist()):
+            results.append({"image_id": image_id, "file_name": str(path), "category_id": label,
+                            "category": names[label - 1], "score": round(score, 5),
+                            "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
+                                     round(box[3] - box[1], 2)]})
+        drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
+        save_image(drawn, out / f"{path.stem}.jpg")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detections.json").write_text(json.dumps(results, indent=1))
+    print(f"{len(results)} detections in {image_id} images: {out}/detections.json and drawn images in {out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="infer.py", description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="+", help="image files or folders of images")
+    parser.add_argument("--config", help=f"config.yaml of a training run (default {DEFAULT_RUN}/config.yaml)")
+    parser.add_argument("--weights", help="weights (default <output_dir>/model_final.pth of the config)")
+    parser.add_argument("--out", default="outputs/infer", help="folder for detections.json and drawn images")
+    parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score to keep (default 0.5)")
+    add_common_args(parser)
+    run(main, parser)
