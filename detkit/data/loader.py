@@ -41,6 +41,8 @@ class TrainStream:
             raise DetkitError("The training dataset is empty.")
         if batch_size <= 0:
             raise DetkitError(f"batch_size must be positive, got {batch_size}.")
+        if seed < 0:
+            raise DetkitError(f"The data seed must be >= 0, got {seed}.")
         if start_iter < 0:
             raise DetkitError(f"start_iter must be >= 0, got {start_iter}.")
         if group_ids is not None and len(group_ids) != num_samples:
