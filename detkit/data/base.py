@@ -91,11 +91,12 @@ class DetectionDataset(Dataset):
     @staticmethod
     def _make_target(record: ImageRecord, boxes: np.ndarray, labels: np.ndarray,
                      ignore: np.ndarray) -> dict[str, Any]:
+        # Copies, so a consumer editing a target in place cannot change the parsed annotations.
         return {
-            "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
-            "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64)),
+            "boxes": torch.tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
+            "labels": torch.tensor(np.asarray(labels, dtype=np.int64)),
             "image_id": record.image_id,
-            "ignore": torch.as_tensor(np.asarray(ignore, dtype=bool)),
+            "ignore": torch.tensor(np.asarray(ignore, dtype=bool)),
             "orig_size": (record.height, record.width),
         }
 

@@ -37,6 +37,8 @@ def test_one_based_inclusive_boxes_become_zero_based_and_difficult_becomes_ignor
     assert target["image_id"] == ds.image_ids[0] and target["orig_size"] == (24, 32)
     stored = ds.target(0)
     assert all(torch.equal(stored[k], target[k]) for k in ("boxes", "labels", "ignore"))
+    target["boxes"] *= 2
+    assert ds[0][1]["boxes"].tolist() == stored["boxes"].tolist()
     gt = ds.coco_gt()
     assert gt["annotations"][0]["bbox"] == [0.0, 1.0, 10.0, 11.0] and gt["annotations"][1]["iscrowd"] == 1
     assert gt["categories"] == [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
