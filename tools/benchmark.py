@@ -1,0 +1,35 @@
+"""Benchmarks, one sub-command each; a sub-command's module is imported only when it is chosen.
+
+    python tools/benchmark.py ops [--warmup 5] [--reps 30] [--only PREFIX] [--json PATH]
+"""
+import argparse
+import importlib
+import sys
+
+from detkit.cli import add_common_args, run
+
+# sub-command -> (module with add_arguments(parser) and main(args), one-line help)
+COMMANDS = {
+    "ops": ("detkit.ops.benchmark", "detkit's Triton NMS / RoI kernels vs torchvision.ops on a CUDA device"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """Return the parser; only the chosen sub-command's module is imported to add its flags."""
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_common_args(command)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    return importlib.import_module(COMMANDS[args.command][0]).main(args)
+
+
+if __name__ == "__main__":
+    run(main, build_parser(sys.argv[1:]))
