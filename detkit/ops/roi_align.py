@@ -8,7 +8,6 @@ used instead of torchvision when the boxes require grad, gradient for both.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +16,8 @@ from torch import Tensor
 
 from detkit.errors import DetkitError
 from detkit.ops.dispatch import use_triton
+
+TORCH_CHUNK = 128  # RoIs per contraction in roi_align_torch
 
 
 def as_rois(boxes: Tensor | Sequence[Tensor], op: str) -> Tensor:
@@ -75,11 +76,18 @@ def roi_align_reference(
     """Return RoIAlign by torchvision, or by `roi_align_torch` when the boxes need a gradient."""
     if rois.requires_grad and torch.is_grad_enabled():
         return roi_align_torch(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
-    if rois.dtype != input.dtype:
-        common = torch.promote_types(torch.promote_types(rois.dtype, input.dtype), torch.float32)
+    common = torchvision_dtype(input, rois)
+    if common != input.dtype or common != rois.dtype:
         out = torchvision.ops.roi_align(input.to(common), rois.to(common), output_size, spatial_scale, sampling_ratio, aligned)
         return out.to(input.dtype)
     return torchvision.ops.roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def torchvision_dtype(input: Tensor, rois: Tensor) -> torch.dtype:
+    """Return the dtype torchvision's RoI kernels should see: input's, or float32 / float64 when they differ or on CPU bf16."""
+    if rois.dtype == input.dtype and not (input.dtype == torch.bfloat16 and not input.is_cuda):
+        return input.dtype
+    return torch.promote_types(torch.promote_types(rois.dtype, input.dtype), torch.float32)
 
 
 def _axis_weights(
@@ -131,8 +139,8 @@ def roi_align_torch(
     out = input.new_zeros((r, c, oh, ow), dtype=dtype)
     batch = rois[:, 0].detach().long()
     for i in range(n):
-        sel = (batch == i).nonzero().squeeze(1)
-        if sel.numel():
+        # chunks bound the [rois, oh, C, W] intermediate of the contraction
+        for sel in (batch == i).nonzero().squeeze(1).split(TORCH_CHUNK):
             pooled = torch.einsum("rph,chw,rqw->rcpq", wy[sel], input[i].to(dtype), wx[sel])
             out = out.index_put((sel,), pooled / count[sel])
     return out.to(input.dtype)

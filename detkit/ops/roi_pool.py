@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torchvision
 from torch import Tensor
 
 from detkit.ops.dispatch import use_triton
-from detkit.ops.roi_align import as_rois, check_features, pair
+from detkit.ops.roi_align import as_rois, check_features, pair, torchvision_dtype
 
 
 def roi_pool(
@@ -30,8 +29,8 @@ def roi_pool(
         from detkit.ops.kernels.roi_pool import roi_pool_triton
 
         return roi_pool_triton(input, rois, (oh, ow), spatial_scale)
-    if rois.dtype != input.dtype:
-        common = torch.promote_types(torch.promote_types(rois.dtype, input.dtype), torch.float32)
+    common = torchvision_dtype(input, rois)
+    if common != input.dtype or common != rois.dtype:
         out = torchvision.ops.roi_pool(input.to(common), rois.detach().to(common), (oh, ow), spatial_scale)
         return out.to(input.dtype)
     return torchvision.ops.roi_pool(input, rois.detach(), (oh, ow), spatial_scale)

@@ -113,3 +113,12 @@ def test_bad_boxes_raise_naming_the_input():
         roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(3, 4), 2)
     with pytest.raises(DetkitError, match="output_size"):
         roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(3, 5), 0)
+
+
+def test_torchvision_path_takes_bf16_and_mixed_dtypes(torchvision_backend):
+    f, rois = features().detach(), random_rois(4, 2)
+    ref = torchvision.ops.roi_align(f, rois, 2, SCALE, 2, True)
+    bf16 = roi_align(f.bfloat16(), rois, 2, SCALE, 2, True)  # torchvision has no CPU bf16 kernel
+    assert bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.float(), ref, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(roi_align(f, rois.double(), 2, SCALE, 2, True), ref)

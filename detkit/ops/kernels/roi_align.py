@@ -242,6 +242,7 @@ class _RoIAlign(torch.autograd.Function):
         ctx.save_for_backward(rois_c, levels_c, scale_t, *features)
         ctx.spec = spec
         ctx.has_levels = levels is not None
+        ctx.rois_dtype = rois.dtype
         return out
 
     @staticmethod
@@ -264,7 +265,7 @@ class _RoIAlign(torch.autograd.Function):
                 ALIGNED=bool(aligned), HAS_LEVELS=ctx.has_levels, FEATURE_GRAD=feature_grad, BOX_GRAD=box_grad, **meta)
         grad_rois = None
         if box_grad:
-            grad_rois = torch.cat([torch.zeros_like(dbox[:, 0, :1]), dbox.sum(1)], dim=1)
+            grad_rois = torch.cat([torch.zeros_like(dbox[:, 0, :1]), dbox.sum(1)], dim=1).to(ctx.rois_dtype)
         grad_features = [g.to(f.dtype) if need else None for g, f, need in zip(grads, features, ctx.needs_input_grad[3:])]
         return (grad_rois, None, None, *grad_features)
 
