@@ -58,3 +58,15 @@ def test_batched_nms_never_suppresses_across_classes():
     idxs = torch.tensor([2, 0, 2, 5])
     assert batched_nms(boxes, scores, idxs, 0.5).tolist() == [0, 1, 3]
     assert batched_nms(boxes[:0], scores[:0], idxs[:0], 0.5).shape == (0,)
+
+
+def test_scan_chunks_and_mask_splits_do_not_change_the_result(monkeypatch):
+    from detkit.ops.kernels import nms as kernels
+
+    boxes = random_boxes(150, size=30.0, seed=9)
+    scores = torch.rand(150, generator=torch.Generator().manual_seed(9))
+    idxs = torch.randint(0, 3, (150,), generator=torch.Generator().manual_seed(9))
+    monkeypatch.setattr(kernels, "SCAN_CHUNK", 1)  # several OR steps per row block
+    monkeypatch.setattr(kernels, "MAX_SPLIT", 1)  # one program walks all column blocks of its rows
+    assert torch.equal(nms(boxes, scores, 0.3), torchvision.ops.nms(boxes, scores, 0.3))
+    assert torch.equal(batched_nms(boxes, scores, idxs, 0.3), torchvision.ops.batched_nms(boxes, scores, idxs, 0.3))

@@ -14,7 +14,9 @@ from torch import Tensor
 
 WORD = 64  # bits per mask word: one int64, one row block of boxes
 MAX_SPLIT = 64  # programs per row block in the mask kernel (columns interleaved between them)
-SCAN_CHUNK = 32  # mask words OR-ed per step of the keep-scan
+MASK_WARPS = 16  # a [64, 64] IoU tile at 8 elements a thread: ~90-130 registers on sm_90, no spills (fp32)
+SCAN_CHUNK = 128  # mask words OR-ed per step of the keep-scan: fewer dependent round trips per row block
+SCAN_WARPS = 16  # the scan is one program; 512 threads hold its [64, SCAN_CHUNK] tile without spills
 
 
 @triton.jit
@@ -108,10 +110,11 @@ def _sorted_keep(boxes: Tensor, labels: Tensor | None, seg_end: Tensor | None, i
     labels_arg = labels if has_labels else mask
     seg_arg = seg_end if has_labels else mask
     split = min(n_words, MAX_SPLIT)
-    _iou_mask_kernel[(n_words, split)](boxes, labels_arg, seg_arg, mask, n, n_words, float(iou_threshold), HAS_LABELS=has_labels)
+    _iou_mask_kernel[(n_words, split)](
+        boxes, labels_arg, seg_arg, mask, n, n_words, float(iou_threshold), HAS_LABELS=has_labels, num_warps=MASK_WARPS)
     removed = torch.zeros(n_words, dtype=torch.int64, device=boxes.device)
     keep = torch.empty(n, dtype=torch.int8, device=boxes.device)
-    _keep_scan_kernel[(1,)](mask, seg_arg, removed, keep, n, n_words, HAS_LABELS=has_labels, CHUNK=SCAN_CHUNK, num_warps=8)
+    _keep_scan_kernel[(1,)](mask, seg_arg, removed, keep, n, n_words, HAS_LABELS=has_labels, CHUNK=SCAN_CHUNK, num_warps=SCAN_WARPS)
     return keep.bool()
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from detkit.ops.kernels.layout import along_bins, along_channels
 
-TILE = 2048
+TILE = 1024  # bins x channels per program over 8 warps (see kernels/roi_align.py)
 
 
 @triton.jit
@@ -102,7 +102,9 @@ def _meta(features: Tensor, output_size: tuple[int, int]) -> dict:
     block_p = triton.next_power_of_2(ph * pw)
     block_c = max(1, min(triton.next_power_of_2(c), TILE // block_p))
     acc = tl.float64 if features.dtype == torch.float64 else tl.float32
-    return dict(PH=ph, PW=pw, C_FAST=c > 1 and features.stride(1) == 1, ACC=acc, BLOCK_P=block_p, BLOCK_C=block_c)
+    warps = max(1, min(8, block_p * block_c // 64))
+    return dict(PH=ph, PW=pw, C_FAST=c > 1 and features.stride(1) == 1, ACC=acc, BLOCK_P=block_p, BLOCK_C=block_c,
+                num_warps=warps)
 
 
 class _RoIPool(torch.autograd.Function):
