@@ -34,7 +34,8 @@ def multi_level_roi_align(
     if not 1 <= len(features) <= MAX_LEVELS:
         raise DetkitError(f"multi_level_roi_align: features must hold 1 to {MAX_LEVELS} levels, got {len(features)}.")
     if len(scales) != len(features):
-        raise DetkitError(f"multi_level_roi_align: spatial_scales has {len(scales)} entries for {len(features)} levels.")
+        raise DetkitError(
+            f"multi_level_roi_align: spatial_scales has {len(scales)} entries for {len(features)} levels.")
     for i, f in enumerate(features):
         check_features(f, f"multi_level_roi_align: features[{i}]")
         first = features[0]
@@ -45,7 +46,8 @@ def multi_level_roi_align(
             )
     rois = as_rois(rois, "multi_level_roi_align")
     if levels.dim() != 1 or levels.shape[0] != rois.shape[0]:
-        raise DetkitError(f"multi_level_roi_align: levels must be a Tensor[{rois.shape[0]}], got shape {tuple(levels.shape)}.")
+        raise DetkitError(
+            f"multi_level_roi_align: levels must be a Tensor[{rois.shape[0]}], got shape {tuple(levels.shape)}.")
     oh, ow = pair(output_size, "multi_level_roi_align")
     if use_triton("multi_level_roi_align", features[0]):
         from detkit.ops.kernels.roi_align import roi_align_triton

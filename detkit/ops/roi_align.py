@@ -24,7 +24,8 @@ def as_rois(boxes: Tensor | Sequence[Tensor], op: str) -> Tensor:
     """Return boxes as Tensor[R, 5] (batch_idx, x1, y1, x2, y2), accepting a list of Tensor[Ri, 4] per image."""
     if isinstance(boxes, Tensor):
         if boxes.dim() != 2 or boxes.shape[1] != 5:
-            raise DetkitError(f"{op}: boxes must be a Tensor[R, 5] or a list of Tensor[Ri, 4], got shape {tuple(boxes.shape)}.")
+            raise DetkitError(
+                f"{op}: boxes must be a Tensor[R, 5] or a list of Tensor[Ri, 4], got shape {tuple(boxes.shape)}.")
         return boxes
     boxes = list(boxes)
     for i, b in enumerate(boxes):
@@ -48,7 +49,8 @@ def pair(output_size: int | tuple[int, int], op: str) -> tuple[int, int]:
 def check_features(features: Tensor, op: str) -> None:
     """Raise unless features is a floating Tensor[N, C, H, W]."""
     if features.dim() != 4 or not features.is_floating_point():
-        raise DetkitError(f"{op}: input must be a float Tensor[N, C, H, W], got {features.dtype} shape {tuple(features.shape)}.")
+        raise DetkitError(
+            f"{op}: input must be a float Tensor[N, C, H, W], got {features.dtype} shape {tuple(features.shape)}.")
 
 
 def roi_align(
@@ -78,13 +80,14 @@ def roi_align_reference(
         return roi_align_torch(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     common = torchvision_dtype(input, rois)
     if common != input.dtype or common != rois.dtype:
-        out = torchvision.ops.roi_align(input.to(common), rois.to(common), output_size, spatial_scale, sampling_ratio, aligned)
+        out = torchvision.ops.roi_align(
+            input.to(common), rois.to(common), output_size, spatial_scale, sampling_ratio, aligned)
         return out.to(input.dtype)
     return torchvision.ops.roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
 
 def torchvision_dtype(input: Tensor, rois: Tensor) -> torch.dtype:
-    """Return the dtype torchvision's RoI kernels should see: input's, or float32 / float64 when they differ or on CPU bf16."""
+    """Return the dtype for torchvision's RoI kernels: input's, else float32 / float64 (mixed dtypes, CPU bf16)."""
     if rois.dtype == input.dtype and not (input.dtype == torch.bfloat16 and not input.is_cuda):
         return input.dtype
     return torch.promote_types(torch.promote_types(rois.dtype, input.dtype), torch.float32)

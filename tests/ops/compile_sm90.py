@@ -37,7 +37,8 @@ def ptxas_usage(ptx: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as fh:
         fh.write(ptx)
         fh.flush()
-        done = subprocess.run([binary, "-v", "--gpu-name=sm_90a", fh.name, "-o", os.devnull], capture_output=True, text=True)
+        command = [binary, "-v", "--gpu-name=sm_90a", fh.name, "-o", os.devnull]
+        done = subprocess.run(command, capture_output=True, text=True)
     regs = re.search(r"Used (\d+) registers", done.stderr)
     spills = re.search(r"(\d+) bytes spill stores", done.stderr)
     return f"regs={regs.group(1) if regs else '?'} spills={spills.group(1) if spills else '?'}"

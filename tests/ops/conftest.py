@@ -44,7 +44,8 @@ def torchvision_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DETKIT_OPS", "torchvision")
 
 
-def random_boxes(n: int, size: float = 40.0, max_side: float = 20.0, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+def random_boxes(n: int, size: float = 40.0, max_side: float = 20.0, seed: int = 0, dtype=torch.float32
+                 ) -> torch.Tensor:
     """Return Tensor[n, 4] random x1, y1, x2, y2 boxes with corners in [0, size + max_side]."""
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(n, 2, generator=g) * size

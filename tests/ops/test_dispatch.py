@@ -54,7 +54,8 @@ def test_cpu_auto_path_needs_no_triton():
         "b = torch.tensor([[0., 0., 4., 4.], [1., 1., 5., 5.]]); s = torch.tensor([.9, .8])\n"
         "nms(b, s, .5); batched_nms(b, s, torch.tensor([0, 1]), .5)\n"
         "f = torch.randn(1, 2, 6, 6); r = torch.tensor([[0., 0., 0., 3., 3.]])\n"
-        "roi_align(f, r, 2); roi_pool(f, r, 2); multi_level_roi_align([f], r, torch.zeros(1, dtype=torch.long), 2, [1.], 2, True)\n"
+        "roi_align(f, r, 2); roi_pool(f, r, 2)\n"
+        "multi_level_roi_align([f], r, torch.zeros(1, dtype=torch.long), 2, [1.], 2, True)\n"
         "assert 'detkit.ops.kernels' not in sys.modules, 'kernels were imported'\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("DETKIT_OPS", "TRITON_INTERPRET")}

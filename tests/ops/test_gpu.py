@@ -112,5 +112,6 @@ def test_multi_level_matches_multiscale_roi_align():
     from detkit.ops.benchmark import fpn_levels
 
     rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
-    out = multi_level_roi_align(list(feats.values()), rois, fpn_levels(rois[:, 1:], 2, 5), 7, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 2, False)
+    scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    out = multi_level_roi_align(list(feats.values()), rois, fpn_levels(rois[:, 1:], 2, 5), 7, scales, 2, False)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

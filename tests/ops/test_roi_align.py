@@ -66,7 +66,8 @@ def test_torch_path_box_gradient_passes_gradcheck(torchvision_backend, aligned, 
     fn = lambda x, c: roi_align(x, torch.cat([rois[:, :1], c], 1), (2, 3), SCALE, sampling_ratio, aligned)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (f, corners), eps=1e-6, atol=1e-6, fast_mode=True)
     _, grad = forward_backward(lambda x, r: fn(x, r[:, 1:].clone().requires_grad_()), f, rois)
-    _, ref_grad = forward_backward(lambda x, r: torchvision.ops.roi_align(x, r, (2, 3), SCALE, sampling_ratio, aligned), f, rois)
+    reference = lambda x, r: torchvision.ops.roi_align(x, r, (2, 3), SCALE, sampling_ratio, aligned)  # noqa: E731
+    _, ref_grad = forward_backward(reference, f, rois)
     torch.testing.assert_close(grad, ref_grad)
 
 

@@ -65,7 +65,9 @@ def _iou_mask_kernel(
 
 
 @triton.jit
-def _keep_scan_kernel(mask_ptr, seg_end_ptr, removed_ptr, keep_ptr, n, n_words, HAS_LABELS: tl.constexpr, CHUNK: tl.constexpr):
+def _keep_scan_kernel(
+    mask_ptr, seg_end_ptr, removed_ptr, keep_ptr, n, n_words, HAS_LABELS: tl.constexpr, CHUNK: tl.constexpr
+):
     lanes = tl.arange(0, 64)
     lanes64 = lanes.to(tl.int64)
     for b in range(0, n_words):
@@ -114,7 +116,8 @@ def _sorted_keep(boxes: Tensor, labels: Tensor | None, seg_end: Tensor | None, i
         boxes, labels_arg, seg_arg, mask, n, n_words, float(iou_threshold), HAS_LABELS=has_labels, num_warps=MASK_WARPS)
     removed = torch.zeros(n_words, dtype=torch.int64, device=boxes.device)
     keep = torch.empty(n, dtype=torch.int8, device=boxes.device)
-    _keep_scan_kernel[(1,)](mask, seg_arg, removed, keep, n, n_words, HAS_LABELS=has_labels, CHUNK=SCAN_CHUNK, num_warps=SCAN_WARPS)
+    _keep_scan_kernel[(1,)](
+        mask, seg_arg, removed, keep, n, n_words, HAS_LABELS=has_labels, CHUNK=SCAN_CHUNK, num_warps=SCAN_WARPS)
     return keep.bool()
 
 

@@ -114,7 +114,8 @@ def _roi_align_fwd_kernel(
             acc += (along_bins((hy * hx).to(ACC), C_FAST) * v1 + along_bins((hy * lx).to(ACC), C_FAST) * v2
                     + along_bins((ly * hx).to(ACC), C_FAST) * v3 + along_bins((ly * lx).to(ACC), C_FAST) * v4)
     count = tl.maximum(gh * gw, 1).to(ACC)
-    dst = out_ptr + r.to(tl.int64) * C * PH * PW + along_channels(c.to(tl.int64) * PH * PW, C_FAST) + along_bins(p, C_FAST)
+    dst = (out_ptr + r.to(tl.int64) * C * PH * PW + along_channels(c.to(tl.int64) * PH * PW, C_FAST)
+           + along_bins(p, C_FAST))
     tl.store(dst, (acc / count).to(out_ptr.dtype.element_ty), mask=along_bins(pm, C_FAST) & along_channels(cm, C_FAST))
 
 
@@ -271,7 +272,8 @@ class _RoIAlign(torch.autograd.Function):
         grad_rois = None
         if box_grad:
             grad_rois = torch.cat([torch.zeros_like(dbox[:, 0, :1]), dbox.sum(1)], dim=1).to(ctx.rois_dtype)
-        grad_features = [g.to(f.dtype) if need else None for g, f, need in zip(grads, features, ctx.needs_input_grad[3:])]
+        needed = ctx.needs_input_grad[3:]
+        grad_features = [g.to(f.dtype) if need else None for g, f, need in zip(grads, features, needed)]
         return (grad_rois, None, None, *grad_features)
 
 

@@ -92,7 +92,8 @@ def _roi_pool_bwd_kernel(
     g_off = r.to(tl.int64) * g_sr + along_channels(c.to(tl.int64) * g_sc, C_FAST) + along_bins(
         (p // PW).to(tl.int64) * g_sh + (p % PW).to(tl.int64) * g_sw, C_FAST)
     g = tl.load(grad_ptr + g_off, mask=m, other=0).to(ACC)
-    dst = d_ptr + b * s_n + along_channels(c.to(tl.int64) * s_c, C_FAST) + (arg // W).to(tl.int64) * s_h + (arg % W).to(tl.int64) * s_w
+    cell = (arg // W).to(tl.int64) * s_h + (arg % W).to(tl.int64) * s_w
+    dst = d_ptr + b * s_n + along_channels(c.to(tl.int64) * s_c, C_FAST) + cell
     tl.atomic_add(dst, g, mask=m)
 
 
@@ -113,12 +114,13 @@ class _RoIPool(torch.autograd.Function):
         n, c, h, w = features.shape
         r = rois.shape[0]
         rois_c = rois.detach().to(torch.float64 if features.dtype == torch.float64 else torch.float32).contiguous()
+        scale = torch.full((1,), spatial_scale, dtype=rois_c.dtype, device=rois_c.device)
         meta = _meta(features, output_size)
         out = features.new_empty((r, c, *output_size))
         argmax = torch.empty((r, c, *output_size), dtype=torch.int32, device=features.device)
         if r and c:
             _roi_pool_fwd_kernel[(r, triton.cdiv(c, meta["BLOCK_C"]))](
-                out, argmax, rois_c, features, n, c, h, w, *features.stride(), torch.full((1,), spatial_scale, dtype=rois_c.dtype, device=rois_c.device), **meta)
+                out, argmax, rois_c, features, n, c, h, w, *features.stride(), scale, **meta)
         ctx.save_for_backward(argmax, rois_c)
         ctx.shape = features.shape
         ctx.meta = meta
@@ -132,7 +134,8 @@ class _RoIPool(torch.autograd.Function):
         n, c, h, w = ctx.shape
         r = rois_c.shape[0]
         fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        grad = torch.zeros(ctx.shape, dtype=torch.float64 if ctx.dtype == torch.float64 else torch.float32, device=grad_out.device).to(memory_format=fmt)
+        acc = torch.float64 if ctx.dtype == torch.float64 else torch.float32
+        grad = torch.zeros(ctx.shape, dtype=acc, device=grad_out.device).to(memory_format=fmt)
         if r and c:
             _roi_pool_bwd_kernel[(r, triton.cdiv(c, ctx.meta["BLOCK_C"]))](
                 grad_out, *grad_out.stride(), argmax, rois_c, grad, c, w, *grad.stride(), **ctx.meta)
