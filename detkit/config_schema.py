@@ -51,7 +51,7 @@ class SolverConfig:
     warmup_iters: int = 100
     warmup_factor: float = 0.001
     grad_clip: Optional[float] = None  # max gradient norm; None turns clipping off
-    amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision, CUDA only
+    amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision: bf16 on CUDA or CPU, fp16 (loss-scaled) on CUDA
     checkpoint_period: int = 500
     log_period: int = 20
 

@@ -1,6 +1,7 @@
 """Benchmarks, one sub-command each; a sub-command's module is imported only when it is chosen.
 
     python tools/benchmark.py ops [--warmup 5] [--reps 30] [--only PREFIX] [--json PATH]
+    python tools/benchmark.py bccd [--root BCCD] [--iters 300] [--sides torchvision,detkit] [KEY=VALUE ...]
 """
 import argparse
 import importlib
@@ -11,6 +12,7 @@ from detkit.cli import add_common_args, run
 # sub-command -> (module with add_arguments(parser) and main(args), one-line help)
 COMMANDS = {
     "ops": ("detkit.ops.benchmark", "detkit's Triton NMS / RoI kernels vs torchvision.ops on a CUDA device"),
+    "bccd": ("detkit.benchmarks.bccd", "detkit vs torchvision Faster R-CNN on BCCD, same recipe, one process"),
 }
 
 

@@ -2,7 +2,7 @@
 
     python tools/train.py CONFIG [KEY=VALUE ...] [--resume]
 
-Writes <output_dir>/config.yaml, metrics.jsonl, last.pth, model_final.pth, metrics.json and detections.jpg.
+Writes <output_dir>/config.yaml, metrics.jsonl, last.pth, model_final.pth, metrics.json and detections.png.
 """
 import argparse
 

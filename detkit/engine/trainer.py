@@ -79,8 +79,12 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.checkpoint_period = checkpoint_period
         self.log_period = log_period
-        if amp != "off" and self.device.type != "cuda":
-            logger.info("Mixed precision (%s) needs CUDA; training in float32 on %s.", amp, self.device)
+        if amp == "fp16" and self.device.type != "cuda":
+            # CPU autocast runs bf16 (oneDNN, fast with AVX512-BF16/AMX); fp16 with a loss scaler is CUDA only.
+            logger.info("Mixed precision fp16 needs CUDA; training in float32 on %s.", self.device)
+            amp = "off"
+        if amp == "bf16" and self.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            logger.info("This CPU has no native bf16 (AVX512-BF16 or AMX); training in float32.")
             amp = "off"
         self.amp = amp
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")

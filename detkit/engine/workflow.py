@@ -64,8 +64,10 @@ def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device,
         for i in range(min(count, len(dataset))):
             image, _ = dataset[i]
             det = model([image.to(device)])[0]
-            tiles.append(draw_detections(image, det["boxes"], det["labels"], det["scores"], class_names,
-                                         score_thresh=score_thresh))
+            zoom = max(1, 384 // max(image.shape[-2:]))  # small images are enlarged so captions stay legible
+            image = torch.nn.functional.interpolate(image[None], scale_factor=zoom, mode="nearest")[0]
+            tiles.append(draw_detections(image, det["boxes"].cpu() * zoom, det["labels"], det["scores"],
+                                         class_names, score_thresh=score_thresh))
     save_image(draw_grid(tiles, nrow=4), path)
     return path
 
@@ -98,7 +100,9 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
 def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
              voc: bool = False) -> tuple[dict[str, float], list[dict]]:
     """COCO metrics (and VOC AP with voc=True) of a model on a dataset, and its COCO-format results."""
-    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=num_workers), device)
+    # On the CPU, loader workers would compete with the model for the same cores: decode in-process.
+    workers = num_workers if device.type == "cuda" else 0
+    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=workers), device)
     results = detections_to_coco(outputs, dataset.image_ids, dataset.label_to_category_id)
     metrics = evaluate_coco(dataset.coco_gt(), results, class_names=dataset.classes)
     if voc:
@@ -140,9 +144,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict[str,
     metrics["train/img_per_s"] = summary.get("train/img_per_s", float("nan"))
     write_json(Path(cfg.output_dir) / "metrics.json", metrics)
     write_json(Path(cfg.output_dir) / "detections_test.json", results)
-    save_detection_picture(model, test_set, device, Path(cfg.output_dir) / "detections.jpg", cfg.model.class_names)
+    save_detection_picture(model, test_set, device, Path(cfg.output_dir) / "detections.png", cfg.model.class_names)
     print(format_coco_table(metrics))
-    print(f"wrote {cfg.output_dir}/metrics.json, model_final.pth and detections.jpg")
+    print(f"wrote {cfg.output_dir}/metrics.json, model_final.pth and detections.png")
     return metrics
 
 

@@ -53,14 +53,14 @@ class RoIPooler(nn.Module):
 
     def forward(self, features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """Pooled features (R, C, S, S) for the boxes of every image, in image order."""
-        rois = boxes_to_rois(boxes).to(features[0].dtype)
+        rois = boxes_to_rois(boxes)  # float32 even for half features: 0.5 px matters at 1333
         if len(features) == 1:
             return self._pool_one(features[0], rois, self.scales[0])
-        levels = self.level_mapper(boxes_to_rois(boxes)[:, 1:])
+        levels = self.level_mapper(rois[:, 1:])
         if self.pooler_type == "roi_align":
             return ops.multi_level_roi_align(features, rois, levels, self.output_size, self.scales,
                                              self.sampling_ratio, self.aligned)
-        out = rois.new_zeros((rois.shape[0], features[0].shape[1], *self.output_size))
+        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
             out[idx] = self._pool_one(feature, rois[idx], scale).to(out.dtype)

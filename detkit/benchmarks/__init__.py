@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks against torchvision (run through tools/benchmark.py)."""

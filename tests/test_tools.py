@@ -1,0 +1,79 @@
+"""The command-line tools on the demo data, end to end (tiny runs: a few iterations)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["solver.batch_size=2", "solver.warmup_iters=1", "solver.log_period=1", "data.num_workers=0",
+        "model.rpn.post_nms_top_n_test=50", "model.roi_heads.batch_size_per_image=32", "threads=1"]
+
+
+def run_tool(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo_cache")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, demo_cache):
+    out = tmp_path_factory.mktemp("run")
+    run_tool("train.py", str(REPO / "configs" / "demo.yaml"), f"output_dir={out}", f"data.demo_cache={demo_cache}",
+             "solver.max_iter=2", *TINY, "--no-progress", cwd=out)
+    return out
+
+
+def test_train_writes_metrics_weights_config_and_picture(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    for key in ("bbox/AP", "bbox/AP50", "bbox/AP75", "train/img_per_s", "infer/img_per_s"):
+        assert key in metrics
+    assert metrics["train/img_per_s"] > 0
+    for name in ("config.yaml", "model_final.pth", "last.pth", "metrics.jsonl", "detections.png"):
+        assert (trained_run / name).is_file(), name
+
+
+def test_eval_and_infer_use_the_trained_model(trained_run, demo_cache, tmp_path):
+    proc = run_tool("eval.py", str(trained_run / "config.yaml"), "--weights", str(trained_run / "model_final.pth"),
+                    f"output_dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert "AP50" in proc.stdout and (tmp_path / "eval" / "metrics.json").is_file()
+    images = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[:2]
+    out = tmp_path / "infer"
+    run_tool("infer.py", *map(str, images), "--config", str(trained_run / "config.yaml"), "--out", str(out),
+             "--score-thresh", "0.0", cwd=tmp_path)
+    results = json.loads((out / "detections.json").read_text())
+    assert all({"image_id", "category_id", "bbox", "score", "file_name"} <= r.keys() for r in results)
+    assert sorted(p.name for p in out.glob("*.jpg")) == sorted(p.name for p in images)
+
+
+def test_resume_reaches_the_same_weights_as_a_straight_run(tmp_path, demo_cache):
+    common = [str(REPO / "configs" / "demo.yaml"), f"data.demo_cache={demo_cache}", "solver.max_iter=4",
+              "solver.checkpoint_period=2", *TINY, "--no-progress"]
+    run_tool("train.py", *common, f"output_dir={tmp_path / 'straight'}", cwd=tmp_path)
+    # The interrupted run stops at iteration 2 (its last.pth), then resumes to 4.
+    run_tool("train.py", *common, f"output_dir={tmp_path / 'resumed'}", "solver.max_iter=2", cwd=tmp_path)
+    run_tool("train.py", *common, f"output_dir={tmp_path / 'resumed'}", "--resume", cwd=tmp_path)
+    straight = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "model_final.pth", weights_only=True)
+    straight, resumed = straight.get("model", straight), resumed.get("model", resumed)
+    for key, value in straight.items():
+        torch.testing.assert_close(resumed[key], value, atol=1e-6, rtol=0, msg=key)
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path):
+    proc = run_tool("train.py", str(REPO / "configs" / "demo.yaml"), "solver.max_iters=3", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "unknown config key 'solver.max_iters'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_tool("infer.py", "missing.jpg", "--config", str(tmp_path / "none.yaml"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "no trained model" in proc.stderr and "Traceback" not in proc.stderr
