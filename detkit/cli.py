@@ -19,7 +19,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser) -> None:
     """Parses arguments and runs main, printing user errors as one line and exiting with status 2."""
-    args = parser.parse_args()
+    # Options may come before or after KEY=VALUE overrides; sub-command parsers cannot be parsed intermixed.
+    args = parser.parse_args() if parser._subparsers else parser.parse_intermixed_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         code = main(args)

@@ -142,6 +142,8 @@ def _type_name(tp: Any) -> str:
 def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off / on as a boolean
+            value = "on" if value else "off"
         return value in typing.get_args(tp), value
     if origin in (Union, types.UnionType):
         for arg in typing.get_args(tp):

@@ -54,3 +54,9 @@ def test_data_root_fills_both_splits_and_saved_config_reloads(tmp_path):
     saved = save_config(cfg, tmp_path / "out" / "config.yaml")
     again = load_config(saved)
     assert again == cfg
+
+
+def test_off_is_a_choice_not_a_boolean(tmp_path):
+    cfg = load_config(write(tmp_path / "c.yaml", {"solver": {"amp": False}}), [])
+    assert cfg.solver.amp == "off"
+    assert load_config(None, ["solver.amp=off"]).solver.amp == "off"

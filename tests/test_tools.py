@@ -1,8 +1,10 @@
 """The command-line tools on the demo data, end to end (tiny runs: a few iterations)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,18 +59,28 @@ def test_eval_and_infer_use_the_trained_model(trained_run, demo_cache, tmp_path)
     assert sorted(p.name for p in out.glob("*.jpg")) == sorted(p.name for p in images)
 
 
-def test_resume_reaches_the_same_weights_as_a_straight_run(tmp_path, demo_cache):
-    common = [str(REPO / "configs" / "demo.yaml"), f"data.demo_cache={demo_cache}", "solver.max_iter=4",
-              "solver.checkpoint_period=2", *TINY, "--no-progress"]
-    run_tool("train.py", *common, f"output_dir={tmp_path / 'straight'}", cwd=tmp_path)
-    # The interrupted run stops at iteration 2 (its last.pth), then resumes to 4.
-    run_tool("train.py", *common, f"output_dir={tmp_path / 'resumed'}", "solver.max_iter=2", cwd=tmp_path)
-    run_tool("train.py", *common, f"output_dir={tmp_path / 'resumed'}", "--resume", cwd=tmp_path)
+def test_a_killed_run_resumes_to_the_same_weights_as_a_straight_run(tmp_path, demo_cache):
+    common = [str(REPO / "tools" / "train.py"), str(REPO / "configs" / "demo.yaml"), f"data.demo_cache={demo_cache}",
+              "solver.max_iter=4", *TINY, "--no-progress"]
+    run_tool("train.py", *common[1:], f"output_dir={tmp_path / 'straight'}", cwd=tmp_path)
+    # SIGTERM once the first iteration is logged: the trainer saves last.pth at the end of that iteration and exits.
+    resumed = tmp_path / "resumed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, *common, f"output_dir={resumed}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = resumed / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, proc.stderr.read()[-2000:]
+    stopped_at = torch.load(resumed / "last.pth", weights_only=False)["iteration"]
+    assert 1 <= stopped_at < 4 and not (resumed / "model_final.pth").exists()
+    run_tool("train.py", *common[1:], f"output_dir={resumed}", "--resume", cwd=tmp_path)
     straight = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed" / "model_final.pth", weights_only=True)
-    straight, resumed = straight.get("model", straight), resumed.get("model", resumed)
+    final = torch.load(resumed / "model_final.pth", weights_only=True)
     for key, value in straight.items():
-        torch.testing.assert_close(resumed[key], value, atol=1e-6, rtol=0, msg=key)
+        torch.testing.assert_close(final[key], value, atol=1e-6, rtol=0, msg=key)
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path):

@@ -244,7 +244,11 @@ def test_resume_without_checkpoint_starts_from_scratch_and_finished_run_skips(tm
     assert_same_parameters(first.model, again.model)
 
 
-def test_amp_is_off_on_cpu_and_unknown_modes_are_rejected(tmp_path):
+def test_cpu_amp_is_bf16_where_supported_and_unknown_modes_are_rejected(tmp_path, monkeypatch):
+    assert make_trainer(tmp_path, amp="fp16").amp == "off"  # loss-scaled fp16 is CUDA only
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert make_trainer(tmp_path, amp="bf16").amp == ("bf16" if native else "off")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     assert make_trainer(tmp_path, amp="bf16").amp == "off"
     with pytest.raises(DetkitError, match="amp"):
         make_trainer(tmp_path, amp="fp8")
