@@ -30,7 +30,7 @@ def test_unknown_key_in_file_names_key_file_and_suggestion(tmp_path):
 
 
 def test_unknown_key_in_base_names_the_base_file(tmp_path):
-    base = write(tmp_path / "base.yaml", {"model": {"backbone": {"nmae": "resnet18"}}})
+    write(tmp_path / "base.yaml", {"model": {"backbone": {"nmae": "resnet18"}}})
     cfg_path = write(tmp_path / "run.yaml", {"_base_": "base.yaml"})
     with pytest.raises(DetkitError, match="model.backbone.nmae.*base.yaml.*model.backbone.name"):
         load_config(cfg_path)

@@ -2,13 +2,13 @@
 
     python tools/eval.py CONFIG --weights W [KEY=VALUE ...]
 
-Prints the metrics table and writes <output_dir>/metrics.json.
+Prints the metrics table and writes <output_dir>/metrics.json and config.yaml.
 """
 import argparse
 from pathlib import Path
 
 from detkit.cli import add_common_args, run
-from detkit.config import load_config
+from detkit.config import load_config, save_config
 
 
 def main(args: argparse.Namespace) -> int:
@@ -27,6 +27,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"VOC mAP@0.5 (area): {metrics['voc/mAP']:.4f}")
     out = Path(cfg.output_dir) / "metrics.json"
     write_json(out, metrics)
+    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     print(f"wrote {out}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Detect objects in images: writes COCO-format results and drawn pictures.
+"""Detect objects in images: writes COCO-format results, drawn pictures and the config used.
 
     python tools/infer.py IMAGE_OR_FOLDER ... [--config C] [--weights W] [--out DIR] [--score-thresh S]
 
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from detkit.cli import add_common_args, run
-from detkit.config import load_config
+from detkit.config import load_config, save_config
 from detkit.errors import DetkitError
 
 DEFAULT_RUN = Path("outputs/demo")
@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> int:
         save_image(drawn, out / f"{path.stem}.jpg")
     out.mkdir(parents=True, exist_ok=True)
     (out / "detections.json").write_text(json.dumps(results, indent=1))
+    save_config(cfg, out / "config.yaml")
     print(f"{len(results)} detections in {image_id} images: {out}/detections.json and drawn images in {out}/")
     return 0
 

@@ -50,7 +50,7 @@ def save_checkpoint(
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "model": _unwrap(model).state_dict(),
+        "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -94,7 +94,7 @@ def load_checkpoint(
     if missing:
         raise DetkitError(f"{path} is not a complete detkit checkpoint: it lacks {', '.join(missing)}.")
     if model is not None:
-        _load_model_state(_unwrap(model), checkpoint["model"], path, strict)
+        _load_model_state(unwrap_model(model), checkpoint["model"], path, strict)
     for name, target in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
         if target is None:
             continue
@@ -120,7 +120,7 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, *, strict: boo
     state = loaded.get("model") if isinstance(loaded, dict) and isinstance(loaded.get("model"), Mapping) else loaded
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DetkitError(f"{path} holds neither a detkit checkpoint nor a model state_dict of tensors.")
-    return _load_model_state(_unwrap(model), state, path, strict)
+    return _load_model_state(unwrap_model(model), state, path, strict)
 
 
 def rng_state() -> dict[str, Any]:
@@ -191,7 +191,8 @@ def _first(items: list[str], count: int = 5) -> str:
     return ", ".join(items[:count]) + more
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DataParallel / DistributedDataParallel wrapper (or the model itself)."""
     wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
     return model.module if isinstance(model, wrappers) else model
 

@@ -27,7 +27,8 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+from detkit.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from detkit.engine.metrics import MetricsWriter, ThroughputMeter, to_json
 from detkit.errors import DetkitError
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class Trainer:
             if is_main:
                 self._save_final_model()
             return {"train/img_per_s": 0.0, "iterations": start_iter, "final_loss": final_loss}
-        metrics = _MetricsWriter(self.output_dir, start_iter) if is_main else None
+        metrics = MetricsWriter(self.output_dir, start_iter) if is_main else None
         bar = tqdm(
             total=self.max_iter,
             initial=start_iter,
@@ -148,11 +149,11 @@ class Trainer:
         logger.info("Resuming from %s at iteration %d.", self.last_checkpoint, iteration)
         return iteration, float((state.get("extra") or {}).get("loss", math.nan))
 
-    def _loop(self, start_iter: int, metrics: _MetricsWriter | None, bar: tqdm) -> dict[str, Any]:
+    def _loop(self, start_iter: int, metrics: MetricsWriter | None, bar: tqdm) -> dict[str, Any]:
         """Run the iterations from start_iter and return the summary."""
         with _isolated_rng(self.device):
             data = self.loader_factory(start_iter)
-        meter = _Meter(skip=min(THROUGHPUT_WARMUP_ITERS, (self.max_iter - start_iter) // 2))
+        meter = ThroughputMeter(skip=min(THROUGHPUT_WARMUP_ITERS, (self.max_iter - start_iter) // 2))
         window: dict[str, float] = {}
         eval_result: dict[str, Any] = {}
         iteration, loss = start_iter, math.nan
@@ -223,17 +224,17 @@ class Trainer:
         self.lr_scheduler.step()
         return dict(zip(loss_dict, values.tolist()))
 
-    def _evaluate(self, iteration: int, metrics: _MetricsWriter | None) -> dict[str, Any]:
+    def _evaluate(self, iteration: int, metrics: MetricsWriter | None) -> dict[str, Any]:
         """Call eval_fn without disturbing the training RNG stream, log its result, and return to train mode."""
         with _isolated_rng(self.device):
             result = dict(self.eval_fn(self.model))
         self.model.train()
-        logger.info("Evaluation at iteration %d: %s", iteration, json.dumps(result, default=_to_json))
+        logger.info("Evaluation at iteration %d: %s", iteration, json.dumps(result, default=to_json))
         if metrics is not None:
             metrics.write(iteration, result)
         return result
 
-    def _log(self, iteration: int, record: dict[str, float], metrics: _MetricsWriter | None, bar: tqdm) -> None:
+    def _log(self, iteration: int, record: dict[str, float], metrics: MetricsWriter | None, bar: tqdm) -> None:
         """Write one log record to metrics.jsonl / TensorBoard and to the bar or the log."""
         if metrics is not None:
             metrics.write(iteration, record)
@@ -255,7 +256,7 @@ class Trainer:
             return
         save_checkpoint(
             self.last_checkpoint,
-            model=_unwrap(self.model),
+            model=unwrap_model(self.model),
             optimizer=self.optimizer,
             scheduler=self.lr_scheduler,
             scaler=self.scaler if self.scaler.is_enabled() else None,
@@ -266,7 +267,7 @@ class Trainer:
 
     def _save_final_model(self) -> None:
         """Save the model's state_dict (on CPU) to model_final.pth atomically."""
-        state = {k: v.detach().cpu() for k, v in _unwrap(self.model).state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in unwrap_model(self.model).state_dict().items()}
         path = self.output_dir / "model_final.pth"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(state, tmp)
@@ -291,78 +292,6 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-
-
-class _Meter:
-    """Images and seconds, over the run (after `skip` warm-up iterations) and over the current log window."""
-
-    def __init__(self, skip: int) -> None:
-        self.skip, self.seen_iters, self.images, self.total_time = skip, 0, 0, 0.0
-        self.window = (0, 0, 0.0)  # iterations, images, seconds
-
-    def add(self, num_images: int, seconds: float) -> None:
-        """Count one iteration."""
-        self.seen_iters += 1
-        if self.seen_iters > self.skip:
-            self.images += num_images
-            self.total_time += seconds
-        iters, images, window_seconds = self.window
-        self.window = (iters + 1, images + num_images, window_seconds + seconds)
-
-    def pop_window(self) -> tuple[int, float, float]:
-        """Return the window's (iterations, img/s, seconds per iteration) and start a new window."""
-        iters, images, seconds = self.window
-        self.window = (0, 0, 0.0)
-        return iters, images / max(seconds, 1e-9), seconds / max(iters, 1)
-
-    def img_per_s(self) -> float:
-        """Images per second over the run, warm-up iterations excluded."""
-        return self.images / max(self.total_time, 1e-9)
-
-
-class _MetricsWriter:
-    """Append records to metrics.jsonl and, when tensorboard is installed, to TensorBoard."""
-
-    def __init__(self, output_dir: Path, start_iter: int) -> None:
-        self.path = output_dir / "metrics.jsonl"
-        _drop_records_after(self.path, start_iter)
-        self.file = self.path.open("a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.tensorboard = None
-        else:
-            self.tensorboard = SummaryWriter(str(output_dir), purge_step=start_iter or None)
-
-    def write(self, iteration: int, record: dict[str, Any]) -> None:
-        """Write one record for `iteration`."""
-        self.file.write(json.dumps({"iter": iteration, **record}, default=_to_json) + "\n")
-        self.file.flush()
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tensorboard.add_scalar(key, value, iteration)
-
-    def close(self) -> None:
-        """Close the files."""
-        self.file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def _drop_records_after(path: Path, iteration: int) -> None:
-    """Keep the records up to `iteration` (none when starting from 0), so a resumed run logs no duplicates."""
-    if not path.is_file():
-        return
-    kept = []
-    if iteration > 0:
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                if json.loads(line)["iter"] <= iteration:
-                    kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
 
 
 def _to_device(
@@ -401,16 +330,3 @@ def _is_main_process() -> bool:
     """Whether this process writes files (rank 0, or no process group)."""
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
-def _to_json(value: Any) -> Any:
-    """Convert tensors and numpy scalars for json.dumps."""
-    if torch.is_tensor(value) or isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    return str(value)
-

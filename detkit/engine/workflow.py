@@ -42,8 +42,9 @@ def setup(cfg: Config, make_output_dir: bool = True) -> torch.device:
         raise DetkitError("config key 'device' is 'cuda' but no CUDA device is available (use device=auto or cpu)")
     if make_output_dir:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    return torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                        "cpu" if cfg.device == "auto" else cfg.device)
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
 
 
 def load_trained(cfg: Config, weights: str | Path) -> nn.Module:

@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 from torch import nn
 
 from detkit.engine.solver import build_lr_scheduler, build_optimizer

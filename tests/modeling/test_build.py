@@ -1,0 +1,45 @@
+"""Every recipe in configs/ builds a detector that trains and predicts under torchvision's calling contract."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from detkit import build_model, load_config
+from detkit.errors import DetkitError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_trains_and_predicts(recipe):
+    torch.manual_seed(0)
+    cfg = load_config(CONFIGS / recipe, ["model.num_classes=3", "input.min_size=96", "input.max_size=128",
+                                         "model.rpn.post_nms_top_n_train=64", "model.rpn.post_nms_top_n_test=32",
+                                         "model.roi_heads.batch_size_per_image=16"])
+    model = build_model(cfg)
+    images = [torch.rand(3, 90, 120), torch.rand(3, 100, 80)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model.train()(images, targets)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    sum(losses.values()).backward()
+    with torch.no_grad():
+        detections = model.eval()(images)
+    for det, image in zip(detections, images):
+        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) == len(det["labels"]) == len(det["scores"])
+        h, w = image.shape[-2:]
+        assert (det["boxes"][:, 2] <= w + 1e-3).all() and (det["boxes"][:, 3] <= h + 1e-3).all()
+
+
+def test_degenerate_target_box_is_a_clear_error():
+    cfg = load_config(CONFIGS / "demo.yaml", ["model.num_classes=2"])
+    model = build_model(cfg).train()
+    with pytest.raises(ValueError, match="target 0: box 0 .* no positive width"):
+        model([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[5.0, 5.0, 5.0, 20.0]]), "labels": torch.tensor([1])}])
+
+
+def test_anchor_levels_must_match_the_backbone():
+    cfg = load_config(CONFIGS / "faster_rcnn_r18_fpn.yaml", ["model.num_classes=2", "model.rpn.anchor_sizes=[[32]]"])
+    with pytest.raises(DetkitError, match="model.rpn.anchor_sizes"):
+        build_model(cfg)
