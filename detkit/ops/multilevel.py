@@ -58,5 +58,5 @@ def multi_level_roi_align(
         sel = (levels == level).nonzero().squeeze(1)
         if sel.numel():
             pooled = roi_align_reference(feature, rois[sel], (oh, ow), scale, sampling_ratio, aligned)
-            out = out.index_put((sel,), pooled.to(out.dtype))
+            out.index_put_((sel,), pooled.to(out.dtype))  # in place: out-of-place would copy all R rows per level
     return out
