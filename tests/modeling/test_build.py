@@ -43,3 +43,14 @@ def test_anchor_levels_must_match_the_backbone():
     cfg = load_config(CONFIGS / "faster_rcnn_r18_fpn.yaml", ["model.num_classes=2", "model.rpn.anchor_sizes=[[32]]"])
     with pytest.raises(DetkitError, match="model.rpn.anchor_sizes"):
         build_model(cfg)
+
+
+def test_detector_needs_no_config():
+    from detkit.modeling.detectors.faster_rcnn import FasterRCNN
+
+    torch.manual_seed(0)
+    model = FasterRCNN(num_classes=3).eval()  # torchvision's default: R50-FPN, background included in the count
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    with torch.no_grad():
+        out = model([torch.rand(3, 64, 80)])
+    assert set(out[0]) == {"boxes", "labels", "scores"}
