@@ -174,6 +174,8 @@ def ensure_demo(cache_dir: str | Path | None = None, seed: int = 0, num_train: i
         _write_split(staging, "train", num_train, seed, height, width)
         _write_split(staging, "test", num_test, seed, height, width)
         (staging / "manifest.json").write_text(json.dumps(params))
+        if _read_manifest(manifest) == params:
+            return final  # a concurrent run finished the same set first
         if final.exists():
             shutil.rmtree(final)  # a folder under our name without a valid manifest: not a finished cache
         try:

@@ -32,4 +32,4 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """Convert an HWC uint8 RGB array into a CHW float32 tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+    return torch.from_numpy(image).permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)

@@ -53,7 +53,7 @@ class MetricsWriter:
         except ImportError:
             self.tensorboard = None
         else:
-            self.tensorboard = SummaryWriter(str(output_dir), purge_step=start_iter or None)
+            self.tensorboard = SummaryWriter(str(output_dir), purge_step=start_iter + 1 if start_iter else None)
 
     def write(self, iteration: int, record: dict[str, Any]) -> None:
         """Write one record for `iteration`."""

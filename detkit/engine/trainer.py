@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from detkit.engine.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint, unwrap_model
 from detkit.engine.metrics import MetricsWriter, ThroughputMeter, to_json
 from detkit.errors import DetkitError
 
@@ -268,10 +268,7 @@ class Trainer:
     def _save_final_model(self) -> None:
         """Save the model's state_dict (on CPU) to model_final.pth atomically."""
         state = {k: v.detach().cpu() for k, v in unwrap_model(self.model).state_dict().items()}
-        path = self.output_dir / "model_final.pth"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(state, self.output_dir / "model_final.pth")
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:

@@ -109,7 +109,7 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: 
     if voc:
         targets = [dataset.target(i) for i in range(len(dataset))]
         voc_metrics = evaluate_voc(outputs, targets, num_classes=len(dataset.classes), class_names=dataset.classes)
-        metrics.update({f"voc/{k}": v for k, v in voc_metrics.items()})
+        metrics.update(voc_metrics)
     metrics["infer/img_per_s"] = img_per_s
     return metrics, results
 

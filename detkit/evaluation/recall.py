@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import box_iou
+from detkit.box_ops import box_iou
 
 from detkit.errors import DetkitError
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
+from detkit.box_ops import box_iou
 
 from detkit.errors import DetkitError
 

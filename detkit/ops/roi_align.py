@@ -142,8 +142,9 @@ def roi_align_torch(
     out = input.new_zeros((r, c, oh, ow), dtype=dtype)
     batch = rois[:, 0].detach().long()
     for i in range(n):
+        feature = input[i].to(dtype)
         # chunks bound the [rois, oh, C, W] intermediate of the contraction
         for sel in (batch == i).nonzero().squeeze(1).split(TORCH_CHUNK):
-            pooled = torch.einsum("rph,chw,rqw->rcpq", wy[sel], input[i].to(dtype), wx[sel])
-            out = out.index_put((sel,), pooled / count[sel])
+            pooled = torch.einsum("rph,chw,rqw->rcpq", wy[sel], feature, wx[sel])
+            out.index_put_((sel,), pooled / count[sel])
     return out.to(input.dtype)
