@@ -25,6 +25,16 @@ def _or(a, b):
 
 
 @triton.jit
+def _load_boxes(boxes_ptr, idx, mask):
+    """Corners and area of boxes[idx]; masked lanes read a unit box (area 1, so no division by zero)."""
+    x1 = tl.load(boxes_ptr + idx * 4 + 0, mask=mask, other=0)
+    y1 = tl.load(boxes_ptr + idx * 4 + 1, mask=mask, other=0)
+    x2 = tl.load(boxes_ptr + idx * 4 + 2, mask=mask, other=1)
+    y2 = tl.load(boxes_ptr + idx * 4 + 3, mask=mask, other=1)
+    return x1, y1, x2, y2, (x2 - x1) * (y2 - y1)
+
+
+@triton.jit
 def _iou_mask_kernel(
     boxes_ptr, labels_ptr, seg_end_ptr, mask_ptr, n, n_words, iou_threshold, HAS_LABELS: tl.constexpr
 ):
@@ -32,11 +42,7 @@ def _iou_mask_kernel(
     lanes = tl.arange(0, 64)
     rows = rb * 64 + lanes
     rmask = rows < n
-    rx1 = tl.load(boxes_ptr + rows * 4 + 0, mask=rmask, other=0)
-    ry1 = tl.load(boxes_ptr + rows * 4 + 1, mask=rmask, other=0)
-    rx2 = tl.load(boxes_ptr + rows * 4 + 2, mask=rmask, other=1)
-    ry2 = tl.load(boxes_ptr + rows * 4 + 3, mask=rmask, other=1)
-    rarea = (rx2 - rx1) * (ry2 - ry1)
+    rx1, ry1, rx2, ry2, rarea = _load_boxes(boxes_ptr, rows, rmask)
     hi = n_words
     if HAS_LABELS:
         rlab = tl.load(labels_ptr + rows, mask=rmask, other=-1)
@@ -46,11 +52,7 @@ def _iou_mask_kernel(
     for cb in range(rb + tl.program_id(1), hi, tl.num_programs(1)):
         cols = cb * 64 + lanes
         cmask = cols < n
-        cx1 = tl.load(boxes_ptr + cols * 4 + 0, mask=cmask, other=0)
-        cy1 = tl.load(boxes_ptr + cols * 4 + 1, mask=cmask, other=0)
-        cx2 = tl.load(boxes_ptr + cols * 4 + 2, mask=cmask, other=1)
-        cy2 = tl.load(boxes_ptr + cols * 4 + 3, mask=cmask, other=1)
-        carea = (cx2 - cx1) * (cy2 - cy1)
+        cx1, cy1, cx2, cy2, carea = _load_boxes(boxes_ptr, cols, cmask)
         iw = tl.maximum(tl.minimum(rx2[:, None], cx2[None, :]) - tl.maximum(rx1[:, None], cx1[None, :]), 0)
         ih = tl.maximum(tl.minimum(ry2[:, None], cy2[None, :]) - tl.maximum(ry1[:, None], cy1[None, :]), 0)
         inter = iw * ih
