@@ -60,6 +60,19 @@ def _setup(rois_ptr, levels_ptr, geom_ptr, scale_ptr, r, n_images, n_levels, sam
 
 
 @triton.jit
+def _tile(geom, level, b, ok, coord, f0, f1, f2, f3, f4, C,
+          PH: tl.constexpr, PW: tl.constexpr, C_FAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Return the level's H and W, this program's bins and channels (with masks), its feature base and strides."""
+    p = tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    base = pick(level, f0, f1, f2, f3, f4) + b.to(tl.int64) * tl.load(geom + 2)
+    ch = along_channels(c.to(tl.int64) * tl.load(geom + 3), C_FAST)
+    return (tl.load(geom + 0), tl.load(geom + 1), p, p < PH * PW, (p // PW).to(coord.dtype), (p % PW).to(coord.dtype),
+            c, cm, along_channels(cm & ok, C_FAST), base, ch, tl.load(geom + 4), tl.load(geom + 5))
+
+
+@triton.jit
 def _axis(start, bin_size, grid, bin_index, i, size):
     """Return bilinear low / high cells, fraction, inside flag and d(position)/d(raw position) for sample i."""
     raw = start + bin_index * bin_size + (i + 0.5) * bin_size / grid
@@ -86,19 +99,8 @@ def _roi_align_fwd_kernel(
     level, ok, b, scale, x1, y1, bin_w, bin_h, gw, gh, free_w, free_h = _setup(
         rois_ptr, levels_ptr, geom_ptr, scale_ptr, r, n_images, n_levels, sampling_ratio, PH, PW, ALIGNED, HAS_LEVELS)
     geom = geom_ptr + level * 10
-    H = tl.load(geom + 0)
-    W = tl.load(geom + 1)
-    p = tl.arange(0, BLOCK_P)
-    pm = p < PH * PW
-    ph = (p // PW).to(y1.dtype)
-    pw = (p % PW).to(x1.dtype)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = c < C
-    base = pick(level, f0, f1, f2, f3, f4) + b.to(tl.int64) * tl.load(geom + 2)
-    ch = along_channels(c.to(tl.int64) * tl.load(geom + 3), C_FAST)
-    cmask = along_channels(cm & ok, C_FAST)
-    sH = tl.load(geom + 4)
-    sW = tl.load(geom + 5)
+    H, W, p, pm, ph, pw, c, cm, cmask, base, ch, sH, sW = _tile(
+        geom, level, b, ok, x1, f0, f1, f2, f3, f4, C, PH, PW, C_FAST, BLOCK_P, BLOCK_C)
     acc = tl.zeros_like(along_bins(p, C_FAST) + along_channels(c, C_FAST)).to(ACC)
     for iy in range(0, gh):
         ylo, yhi, ly, yin, _ = _axis(y1, bin_h, gh, ph, iy, H)
@@ -131,21 +133,9 @@ def _roi_align_bwd_kernel(
     level, ok, b, scale, x1, y1, bin_w, bin_h, gw, gh, free_w, free_h = _setup(
         rois_ptr, levels_ptr, geom_ptr, scale_ptr, r, n_images, n_levels, sampling_ratio, PH, PW, ALIGNED, HAS_LEVELS)
     geom = geom_ptr + level * 10
-    H = tl.load(geom + 0)
-    W = tl.load(geom + 1)
-    p = tl.arange(0, BLOCK_P)
-    pm = p < PH * PW
-    ph = (p // PW).to(y1.dtype)
-    pw = (p % PW).to(x1.dtype)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = c < C
-    cmask = along_channels(cm & ok, C_FAST)
-    b64 = b.to(tl.int64)
-    fbase = pick(level, f0, f1, f2, f3, f4) + b64 * tl.load(geom + 2)
-    fch = along_channels(c.to(tl.int64) * tl.load(geom + 3), C_FAST)
-    fsH = tl.load(geom + 4)
-    fsW = tl.load(geom + 5)
-    dbase = pick(level, d0, d1, d2, d3, d4) + b64 * tl.load(geom + 6)
+    H, W, p, pm, ph, pw, c, cm, cmask, fbase, fch, fsH, fsW = _tile(
+        geom, level, b, ok, x1, f0, f1, f2, f3, f4, C, PH, PW, C_FAST, BLOCK_P, BLOCK_C)
+    dbase = pick(level, d0, d1, d2, d3, d4) + b.to(tl.int64) * tl.load(geom + 6)
     dch = along_channels(c.to(tl.int64) * tl.load(geom + 7), C_FAST)
     dsH = tl.load(geom + 8)
     dsW = tl.load(geom + 9)

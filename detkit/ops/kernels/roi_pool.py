@@ -135,7 +135,7 @@ class _RoIPool(torch.autograd.Function):
         r = rois_c.shape[0]
         fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
         acc = torch.float64 if ctx.dtype == torch.float64 else torch.float32
-        grad = torch.zeros(ctx.shape, dtype=acc, device=grad_out.device).to(memory_format=fmt)
+        grad = torch.empty(ctx.shape, dtype=acc, device=grad_out.device, memory_format=fmt).zero_()
         if r and c:
             _roi_pool_bwd_kernel[(r, triton.cdiv(c, ctx.meta["BLOCK_C"]))](
                 grad_out, *grad_out.stride(), argmax, rois_c, grad, c, w, *grad.stride(), **ctx.meta)
