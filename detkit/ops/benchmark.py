@@ -3,11 +3,15 @@
 Each case builds its inputs on demand, checks that both sides agree, then times each with CUDA events
 (median of `reps` runs after `warmup`). Shapes follow /work/shared/bench/tv_ops_bench.py: NMS at 1k-100k
 boxes, batched NMS over 80 classes, RoIAlign / RoIPool on a VGG C5 map (1x512x50x84, 2000 RoIs) and an FPN
-P2 level (8x256x200x336, 4096 RoIs), and the multi-level pooler (batch 8, 512 RoIs per image).
+P2 level (8x256x200x336, 4096 RoIs), and the multi-level pooler (batch 8, 512 RoIs per image). Two kinds of
+row go beyond that file: `batched_nms80_offset_*` batches by the class-offset trick on detkit's plain NMS
+kernel (the alternative to the per-class blocks batched_nms uses), and `*_nhwc` feeds RoIAlign channels-last
+features (what a `model.backbone.channels_last` backbone produces; torchvision converts them per call).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -64,22 +68,37 @@ def build_cases(device: torch.device, tiny: bool = False) -> list[Case]:
             return (lambda: batched_nms_triton(boxes, scores, idxs, 0.5),
                     lambda: torchvision.ops.batched_nms(boxes, scores, idxs, 0.5))
 
-        cases += [Case(f"nms_{n}", nms_case), Case(f"batched_nms80_{n}", batched_case)]
+        def offset_case(n=n):
+            # the class-offset trick (torchvision's, for few boxes) on detkit's plain NMS kernel: the other way
+            # to batch, timed so the choice of per-class blocks in batched_nms_triton rests on a measurement
+            boxes, scores = random_boxes(n, 1333.0, device, g), torch.rand(n, generator=g, device=device)
+            idxs = torch.randint(0, 80, (n,), generator=g, device=device)
+
+            def ours():
+                offsets = idxs.to(boxes) * (boxes.max() + 1)
+                return nms_triton(boxes + offsets[:, None], scores, 0.5)
+
+            return ours, lambda: torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
+
+        cases += [Case(f"nms_{n}", nms_case), Case(f"batched_nms80_{n}", batched_case),
+                  Case(f"batched_nms80_offset_{n}", offset_case)]
     shapes = [(1, 8, 10, 12, 20, "vgg_c5"), (2, 4, 20, 24, 16, "fpn_p2_b8")] if tiny else [
         (1, 512, 50, 84, 2000, "vgg_c5"), (8, 256, 200, 336, 512 * 8, "fpn_p2_b8")]
     for b, c, h, w, r, name in shapes:
-        def inputs(b=b, c=c, h=h, w=w, r=r):
-            f = torch.randn(b, c, h, w, generator=g, device=device).requires_grad_()
+        def inputs(b=b, c=c, h=h, w=w, r=r, channels_last=False):
+            f = torch.randn(b, c, h, w, generator=g, device=device)
+            if channels_last:  # as a backbone built with model.backbone.channels_last hands it over
+                f = f.to(memory_format=torch.channels_last)
             idx = torch.randint(0, b, (r, 1), generator=g, device=device).float()
-            return f, torch.cat([idx, random_boxes(r, min(h, w) * 4.0, device, g)], 1)
+            return f.requires_grad_(), torch.cat([idx, random_boxes(r, min(h, w) * 4.0, device, g)], 1)
 
-        def align_fwd(inputs=inputs):
-            f, rois = inputs()
+        def align_fwd(inputs=inputs, channels_last=False):
+            f, rois = inputs(channels_last=channels_last)
             return (lambda: roi_align_triton([f], rois, None, (7, 7), [0.25], 2, True),
                     lambda: torchvision.ops.roi_align(f, rois, 7, 0.25, 2, True))
 
-        def align_fwd_bwd(inputs=inputs):
-            f, rois = inputs()
+        def align_fwd_bwd(inputs=inputs, channels_last=False):
+            f, rois = inputs(channels_last=channels_last)
             return (lambda: torch.autograd.grad(roi_align_triton([f], rois, None, (7, 7), [0.25], 2, True).sum(), f)[0],
                     lambda: torch.autograd.grad(torchvision.ops.roi_align(f, rois, 7, 0.25, 2, True).sum(), f)[0])
 
@@ -87,8 +106,10 @@ def build_cases(device: torch.device, tiny: bool = False) -> list[Case]:
             f, rois = inputs()
             return lambda: roi_pool_triton(f, rois, (7, 7), 0.25), lambda: torchvision.ops.roi_pool(f, rois, 7, 0.25)
 
+        cl_fwd, cl_fwd_bwd = (functools.partial(fn, channels_last=True) for fn in (align_fwd, align_fwd_bwd))
         cases += [Case(f"roi_align_fwd_{name}", align_fwd), Case(f"roi_align_fwdbwd_{name}", align_fwd_bwd),
-                  Case(f"roi_pool_fwd_{name}", pool_fwd)]
+                  Case(f"roi_pool_fwd_{name}", pool_fwd), Case(f"roi_align_fwd_{name}_nhwc", cl_fwd),
+                  Case(f"roi_align_fwdbwd_{name}_nhwc", cl_fwd_bwd)]
 
     def multi_level():
         batch, height, width, per_image = (2, 64, 96, 16) if tiny else (8, 800, 1344, 512)

@@ -16,7 +16,9 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "benchmark.py"
 @pytest.mark.usefixtures("triton_cpu")
 def test_every_case_runs_both_sides_and_they_agree():
     cases = build_cases(torch.device("cpu"), tiny=True)
-    assert len(cases) == 11  # 2 NMS sizes x 2, RoIAlign fwd / fwd+bwd and RoIPool x 2 shapes, the multi-level pooler
+    # 2 sizes x (NMS, batched NMS by class blocks and by class offset); 2 shapes x (RoIAlign fwd and fwd+bwd in
+    # NCHW and NHWC, RoIPool fwd); the multi-level pooler
+    assert len(cases) == 17
     for case in cases:
         ours, reference = case.setup()
         verdict = agreement(ours(), reference())
