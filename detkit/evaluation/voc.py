@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from detkit.box_ops import box_iou
 
+from detkit.box_ops import box_iou
 from detkit.errors import DetkitError
 
 
@@ -81,26 +81,28 @@ def _class_pr_curve(
     if num_positives == 0:
         return None, None
 
-    image_index, boxes, scores = [], [], []
+    # IoU once per image: each detection of `label` against that image's ground truth of `label`. The devkit matches
+    # a detection to its best ground-truth box whether or not that box is taken, so only the row max is needed.
+    image_index, scores, best_ious, best_gts = [], [], [], []
     for i, det in enumerate(detections):
         keep = det["labels"] == label
-        boxes.append(det["boxes"][keep])
+        boxes = det["boxes"][keep]
         scores.append(det["scores"][keep])
-        image_index.extend([i] * int(keep.sum()))
-    boxes_all = torch.cat(boxes)
+        image_index.extend([i] * len(boxes))
+        if len(boxes) and len(gt_boxes[i]):
+            best_iou, best_gt = box_iou(boxes, gt_boxes[i]).max(dim=1)
+            best_ious.extend(best_iou.tolist())
+            best_gts.extend(best_gt.tolist())
+        else:
+            best_ious.extend([math.nan] * len(boxes))
+            best_gts.extend([-1] * len(boxes))
     order = torch.argsort(torch.cat(scores), descending=True, stable=True).tolist()
 
     tp = np.zeros(len(order))
     fp = np.zeros(len(order))
     for rank, d in enumerate(order):
-        i = image_index[d]
-        if len(gt_boxes[i]) == 0:
-            fp[rank] = 1
-            continue
-        overlaps = box_iou(boxes_all[d : d + 1], gt_boxes[i])[0]
-        best_iou, best = (float(v) for v in overlaps.max(dim=0))
-        best = int(best)
-        if best_iou <= iou_thresh:
+        i, best = image_index[d], best_gts[d]
+        if len(gt_boxes[i]) == 0 or best_ious[d] <= iou_thresh:
             fp[rank] = 1
         elif gt_ignore[i][best]:
             continue

@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from detkit.box_ops import box_iou
 from detkit.errors import DetkitError
 from detkit.evaluation.voc import evaluate_voc, voc_ap
 
@@ -88,3 +90,75 @@ def test_bad_inputs_name_the_image_and_key():
                      [target([], []), target([], [])], num_classes=1)
     with pytest.raises(DetkitError, match="class_names has 2 names"):
         evaluate_voc([], [], num_classes=1, class_names=["a", "b"])
+
+
+def reference_voc(outputs, targets, num_classes, iou_thresh, use_07_metric):
+    """The VOC devkit loop written plainly: one IoU row per detection, best score first (stable)."""
+    metrics = {}
+    for label in range(1, num_classes + 1):
+        gt = [(t["boxes"][t["labels"] == label].double(), t["ignore"][t["labels"] == label].tolist()) for t in targets]
+        num_positives = sum(flags.count(False) for _, flags in gt)
+        if num_positives == 0:
+            metrics[f"voc/AP-{label}"] = math.nan
+            continue
+        dets = [(score, i, box) for i, o in enumerate(outputs)
+                for box, score in zip(o["boxes"][o["labels"] == label].double(), o["scores"][o["labels"] == label].tolist())]
+        dets.sort(key=lambda d: -d[0])
+        taken = [[False] * len(boxes) for boxes, _ in gt]
+        tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
+        for rank, (_, i, box) in enumerate(dets):
+            boxes, flags = gt[i]
+            if len(boxes) == 0:
+                fp[rank] = 1
+                continue
+            best_iou, best = box_iou(box[None], boxes)[0].max(dim=0)
+            if float(best_iou) <= iou_thresh:
+                fp[rank] = 1
+            elif flags[int(best)]:
+                continue
+            elif not taken[i][int(best)]:
+                tp[rank], taken[i][int(best)] = 1, True
+            else:
+                fp[rank] = 1
+        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        metrics[f"voc/AP-{label}"] = voc_ap(tp / num_positives, precision, use_07_metric)
+    present = [v for v in metrics.values() if not math.isnan(v)]
+    return {"voc/mAP": float(np.mean(present)) if present else math.nan, **metrics}
+
+
+def random_case(num_images, num_labels, gen):
+    """Boxes on a coarse integer grid (IoU ties, IoU exactly at thresholds, empty boxes), tied scores, difficult flags."""
+    def boxes(n):
+        corners = torch.randint(0, 8, (n, 2), generator=gen)
+        sizes = torch.randint(0, 7, (n, 2), generator=gen)
+        return torch.cat([corners, corners + sizes], dim=1).float()
+
+    outputs, targets = [], []
+    for _ in range(num_images):
+        g, d = int(torch.randint(0, 5, (1,), generator=gen)), int(torch.randint(0, 5, (1,), generator=gen))
+        gt_boxes, gt_labels = boxes(g), torch.randint(1, num_labels + 1, (g,), generator=gen)
+        if g and torch.rand(1, generator=gen) < 0.3:  # a duplicate box: equal IoU, the first one must win
+            gt_boxes, gt_labels, g = torch.cat([gt_boxes, gt_boxes[:1]]), torch.cat([gt_labels, gt_labels[:1]]), g + 1
+        targets.append({"boxes": gt_boxes, "labels": gt_labels, "ignore": torch.rand(g, generator=gen) < 0.2})
+        # Hits (ground truth moved by at most one pixel, sometimes twice) and random boxes.
+        hits = torch.cat([gt_boxes, gt_boxes[: g // 2]])
+        hits = hits + torch.randint(-1, 2, hits.shape, generator=gen)
+        hit_labels = torch.cat([gt_labels, gt_labels[: g // 2]])
+        outputs.append({"boxes": torch.cat([hits, boxes(d)]),
+                        "labels": torch.cat([hit_labels, torch.randint(1, num_labels + 1, (d,), generator=gen)]),
+                        "scores": torch.randint(1, 6, (len(hits) + d,), generator=gen).float() / 5})
+    return outputs, targets
+
+
+@pytest.mark.parametrize("iou_thresh, use_07_metric", [(0.5, False), (0.5, True), (0.25, False)])
+def test_evaluate_voc_equals_the_plain_devkit_loop_exactly(iou_thresh, use_07_metric):
+    outputs, targets = random_case(num_images=80, num_labels=4, gen=torch.Generator().manual_seed(3))
+    # Label 5 never occurs: its AP is nan in both.
+    metrics = evaluate_voc(outputs, targets, num_classes=5, iou_thresh=iou_thresh, use_07_metric=use_07_metric)
+    expected = reference_voc(outputs, targets, 5, iou_thresh, use_07_metric)
+    assert sum(len(t["boxes"]) == 0 for t in targets) > 5 and sum(bool(t["ignore"].any()) for t in targets) > 5
+    assert 0.05 < expected["voc/mAP"] < 0.95
+    assert metrics.keys() == expected.keys()
+    for key, value in expected.items():
+        assert metrics[key] == value or (math.isnan(value) and math.isnan(metrics[key])), key
