@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from detkit.box_ops import box_iou
 
+from detkit.box_ops import box_iou
 from detkit.errors import DetkitError
 
 COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -25,18 +25,24 @@ def proposal_recall(
     limits: Sequence[int] = (100, 300, 1000),
     iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
 ) -> dict[str, float]:
-    """Average recall {"AR@<n>": value} of the top-n proposals per image, with one-to-one matching to ground truth."""
+    """AR {"AR@<n>": value} of the top-n proposals per image, matched one-to-one; 0.0 when no image has ground truth."""
     if len(proposals) != len(gt_boxes):
         raise DetkitError(
             f"proposal_recall got proposals for {len(proposals)} images but gt_boxes for {len(gt_boxes)}."
         )
+    for limit in limits:
+        if limit < 0:
+            raise DetkitError(f"proposal_recall limits must be non-negative, got {limit}.")
+    top = max(limits, default=0)
+    # Proposals come best first, so the top-n of every limit are the first n rows of one (top, G) IoU matrix.
+    ious = [
+        box_iou(_boxes(p, i, "proposals")[:top], _boxes(g, i, "gt_boxes"))
+        for i, (p, g) in enumerate(zip(proposals, gt_boxes))
+    ]
     thresholds = torch.as_tensor(list(iou_thresholds), dtype=torch.float64)
     results = {}
     for limit in limits:
-        per_image = [
-            _matched_overlaps(_boxes(p, i, "proposals")[:limit], _boxes(g, i, "gt_boxes"))
-            for i, (p, g) in enumerate(zip(proposals, gt_boxes))
-        ]
+        per_image = [_matched_overlaps(iou[:limit]) for iou in ious]
         overlaps = torch.cat(per_image) if per_image else torch.zeros(0, dtype=torch.float64)
         if overlaps.numel() == 0:
             results[f"AR@{limit}"] = 0.0
@@ -46,14 +52,12 @@ def proposal_recall(
     return results
 
 
-def _matched_overlaps(proposals: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+def _matched_overlaps(iou: torch.Tensor) -> torch.Tensor:
     """(G,) IoU of each ground-truth box with the proposal it is greedily matched to (0 when none is left)."""
-    covered = torch.zeros(len(gt), dtype=torch.float64)
-    if len(gt) == 0 or len(proposals) == 0:
-        return covered
-    iou = box_iou(proposals, gt)
+    covered = torch.zeros(iou.shape[1], dtype=torch.float64)
+    iou = iou.clone()
     # Greedy, as in detectron2's proposal evaluation: repeatedly take the best remaining (proposal, gt) pair.
-    for _ in range(min(len(proposals), len(gt))):
+    for _ in range(min(iou.shape)):
         best_per_gt, proposal_index = iou.max(dim=0)
         best_iou, gt_index = best_per_gt.max(dim=0)
         covered[gt_index] = best_iou
