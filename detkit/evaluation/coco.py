@@ -26,6 +26,8 @@ BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
 
 # Order of COCOeval.stats[:12]; the names are the keys evaluate_coco returns.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# The COCOeval area range (Params.areaRngLbl) each of those stats is taken over.
+STAT_AREAS = ("all", "all", "all", "small", "medium", "large", "all", "all", "all", "small", "medium", "large")
 SUMMARY_KEYS = tuple(f"bbox/{name}" for name in STAT_NAMES[:9])
 
 
@@ -81,7 +83,7 @@ def evaluate_coco(
     _check_results(results, gt)
     backend = _resolve_backend(backend)
     if len(results) == 0:
-        return {**{key: 0.0 for key in SUMMARY_KEYS}, **{f"bbox/AP-{name}": 0.0 for name in names}}
+        return _empty_results_metrics(gt, category_ids, names)
     stats, precision = _run_cocoeval(gt, [dict(r) for r in results], backend)
     metrics = {key: _nan_if_missing(stats[i]) for i, key in enumerate(SUMMARY_KEYS)}
     for k, name in enumerate(names):
@@ -128,19 +130,19 @@ def _resolve_backend(backend: str) -> str:
 
 
 def _run_cocoeval(gt: dict, results: list[dict], backend: str) -> tuple[np.ndarray, np.ndarray]:
-    """Run the chosen library quietly; return its stats vector and precision array."""
+    """Run the chosen library quietly on `gt` and `results`, which it mutates; return its stats and precision."""
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCO, COCOeval_faster
 
-            coco = COCO(copy.deepcopy(gt))
+            coco = COCO(gt)
             evaluator = COCOeval_faster(coco, coco.loadRes(results), iouType="bbox", print_function=_silent)
         else:
             from pycocotools.coco import COCO
             from pycocotools.cocoeval import COCOeval
 
             coco = COCO()
-            coco.dataset = copy.deepcopy(gt)
+            coco.dataset = gt
             coco.createIndex()
             evaluator = COCOeval(coco, coco.loadRes(results), iouType="bbox")
         evaluator.evaluate()
@@ -150,23 +152,47 @@ def _run_cocoeval(gt: dict, results: list[dict], backend: str) -> tuple[np.ndarr
 
 
 def _checked_ground_truth(coco_gt: Mapping[str, Any]) -> dict:
-    """Copy the ground truth, check its keys and fill the optional 'area' and 'iscrowd' fields."""
+    """Check the ground truth's keys; return one deep copy (the libraries mutate it), 'id', 'area', 'iscrowd' filled."""
     for key in ("images", "annotations", "categories"):
         if key not in coco_gt:
             raise DetkitError(f"COCO ground truth has no '{key}' key.")
-    gt = dict(coco_gt)
-    annotations = []
     for index, ann in enumerate(coco_gt["annotations"]):
         for key in ("image_id", "category_id", "bbox"):
             if key not in ann:
                 raise DetkitError(f"COCO ground-truth annotation index {index} has no '{key}' key.")
-        ann = dict(ann)
+    gt = copy.deepcopy(dict(coco_gt))
+    for index, ann in enumerate(gt["annotations"]):
         ann.setdefault("id", index + 1)
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
-        annotations.append(ann)
-    gt["annotations"] = annotations
     return gt
+
+
+def _empty_results_metrics(gt: dict, category_ids: list[int], names: list[str]) -> dict[str, float]:
+    """evaluate_coco's metrics for no detections: 0.0 where a stat's area range or class has ground truth, else nan."""
+    from pycocotools.cocoeval import Params
+
+    params = Params(iouType="bbox")
+    area_ranges = dict(zip(params.areaRngLbl, params.areaRng))
+    # As COCOeval: only annotations of listed images and categories count, and a crowd box is never a positive.
+    image_ids = {image["id"] for image in gt["images"]}
+    known_categories = {c["id"] for c in gt["categories"]}
+    positives = [
+        ann for ann in gt["annotations"]
+        if ann["image_id"] in image_ids and ann["category_id"] in known_categories and not ann["iscrowd"]
+    ]
+
+    metrics = {key: _zero_or_nan(positives, area_ranges[area]) for key, area in zip(SUMMARY_KEYS, STAT_AREAS)}
+    for category_id, name in zip(category_ids, names):
+        of_class = [ann for ann in positives if int(ann["category_id"]) == category_id]
+        metrics[f"bbox/AP-{name}"] = _zero_or_nan(of_class, area_ranges["all"])
+    return metrics
+
+
+def _zero_or_nan(annotations: list[dict], area_range: Sequence[float]) -> float:
+    """0.0 when some annotation's 'area' lies in the range, bounds included as in COCOeval, else nan."""
+    low, high = area_range
+    return 0.0 if any(low <= ann["area"] <= high for ann in annotations) else math.nan
 
 
 def _check_results(results: Sequence[Mapping[str, Any]], gt: dict) -> None:

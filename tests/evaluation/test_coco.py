@@ -1,3 +1,4 @@
+import copy
 import importlib.util
 import math
 
@@ -131,3 +132,68 @@ def test_library_output_is_silenced_and_table_lists_classes(capsys, backend):
     assert "AP50" in table and "Platelets" in table
     assert f"{100 * metrics['bbox/AP']:.1f}" in table
     assert not any(math.isnan(v) for v in metrics.values())
+
+
+def annotation(image_id, category_id, side, iscrowd=0):
+    return {"image_id": image_id, "category_id": category_id, "bbox": [10.0, 10.0, side, side],
+            "area": side * side, "iscrowd": iscrowd}
+
+
+def sparse_gt() -> dict:
+    """No small object (only a crowd one), no WBC (only a crowd one), Platelets only on an image not in the set."""
+    annotations = [annotation(1, 3, 50.0), annotation(2, 3, 120.0), annotation(2, 7, 20.0, iscrowd=1),
+                   annotation(9, 9, 20.0)]
+    images = [{"id": i, "width": 200, "height": 200} for i in (1, 2)]
+    categories = [{"id": 3, "name": "RBC"}, {"id": 7, "name": "WBC"}, {"id": 9, "name": "Platelets"}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def boundary_gt() -> dict:
+    """One box of area exactly 32**2: COCOeval counts it as both small and medium, not large."""
+    return {"images": [{"id": 1, "width": 200, "height": 200}], "annotations": [annotation(1, 3, 32.0)],
+            "categories": [{"id": 3, "name": "RBC"}, {"id": 7, "name": "WBC"}]}
+
+
+def a_miss(gt: dict) -> list[dict]:
+    """One detection far from every ground-truth box: it matches nothing."""
+    return [{"image_id": gt["images"][0]["id"], "category_id": 3, "bbox": [500.0, 500.0, 5.0, 5.0], "score": 0.5}]
+
+
+def test_empty_results_are_nan_where_there_is_no_ground_truth():
+    metrics = evaluate_coco(sparse_gt(), [])
+    nan_keys = {key for key, value in metrics.items() if math.isnan(value)}
+    assert nan_keys == {"bbox/APs", "bbox/AP-WBC", "bbox/AP-Platelets"}
+    assert all(value == 0.0 for key, value in metrics.items() if key not in nan_keys)
+    metrics = evaluate_coco(boundary_gt(), [])
+    assert {key for key, value in metrics.items() if math.isnan(value)} == {"bbox/APl", "bbox/AP-WBC"}
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+@pytest.mark.parametrize("make_gt", [sparse_gt, boundary_gt, small_gt])
+def test_empty_results_match_an_evaluation_where_nothing_matches(make_gt, backend):
+    if backend == "faster_coco_eval" and importlib.util.find_spec("faster_coco_eval") is None:
+        pytest.skip("faster-coco-eval not installed")
+    gt = make_gt()
+    empty = evaluate_coco(gt, [], backend=backend)
+    missed = evaluate_coco(gt, a_miss(gt), backend=backend)
+    assert empty.keys() == missed.keys()
+    for key in empty:
+        assert empty[key] == missed[key] or (math.isnan(empty[key]) and math.isnan(missed[key])), key
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_evaluation_leaves_the_callers_ground_truth_and_results_untouched(backend):
+    if backend == "faster_coco_eval" and importlib.util.find_spec("faster_coco_eval") is None:
+        pytest.skip("faster-coco-eval not installed")
+    gt = small_gt()
+    for ann in gt["annotations"][:4]:  # optional fields the evaluator fills in
+        del ann["id"], ann["area"], ann["iscrowd"]
+    gt["annotations"][5]["segmentation"] = [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]
+    gt["info"] = {"year": 2017}
+    results = noisy_results(gt)
+    gt_before, results_before = copy.deepcopy(gt), copy.deepcopy(results)
+    evaluate_coco(gt, results, backend=backend)
+    evaluate_coco(gt, [], backend=backend)
+    coco_stats(gt, results, backend=backend)
+    assert gt == gt_before
+    assert results == results_before
