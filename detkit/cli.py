@@ -19,8 +19,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser) -> None:
     """Parses arguments and runs main, printing user errors as one line and exiting with status 2."""
-    # Options may come before or after KEY=VALUE overrides; sub-command parsers cannot be parsed intermixed.
-    args = parser.parse_args() if parser._subparsers else parser.parse_intermixed_args()
+    # Options may come before or after KEY=VALUE overrides. Sub-command parsers cannot be parsed intermixed, so
+    # there the overrides after an option arrive as leftovers and join args.overrides.
+    if parser._subparsers:
+        args, extra = parser.parse_known_args()
+        stray = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
+    else:
+        args = parser.parse_intermixed_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         code = main(args)

@@ -59,6 +59,17 @@ def test_eval_and_infer_use_the_trained_model(trained_run, demo_cache, tmp_path)
     assert sorted(p.name for p in out.glob("*.jpg")) == sorted(p.name for p in images)
 
 
+def test_infer_benchmark_times_the_model_and_its_torchvision_twin(trained_run, demo_cache, tmp_path):
+    images = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[:2]
+    proc = run_tool("benchmark.py", "infer", str(trained_run / "config.yaml"), "--images", *map(str, images),
+                    "--rounds", "1", "model.roi_heads.aligned=false", cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("# 2 images on cpu")
+    assert any(line.strip().startswith("detkit:") and "img/s" in line for line in lines)
+    assert any(line.strip().startswith("torchvision:") and "img/s" in line for line in lines)
+    assert "same detections" in proc.stdout
+
+
 def test_a_killed_run_resumes_to_the_same_weights_as_a_straight_run(tmp_path, demo_cache):
     common = [str(REPO / "tools" / "train.py"), str(REPO / "configs" / "demo.yaml"), f"data.demo_cache={demo_cache}",
               "solver.max_iter=4", *TINY, "--no-progress"]

@@ -2,6 +2,7 @@
 
     python tools/benchmark.py ops [--warmup 5] [--reps 30] [--only PREFIX] [--json PATH]
     python tools/benchmark.py bccd [--root BCCD] [--iters 300] [--sides torchvision,detkit] [KEY=VALUE ...]
+    python tools/benchmark.py infer CONFIG [--weights W] [--images PATH ...] [--limit 72] [--rounds 2] [KEY=VALUE ...]
 """
 import argparse
 import importlib
@@ -13,6 +14,7 @@ from detkit.cli import add_common_args, run
 COMMANDS = {
     "ops": ("detkit.ops.benchmark", "detkit's Triton NMS / RoI kernels vs torchvision.ops on a CUDA device"),
     "bccd": ("detkit.benchmarks.bccd", "detkit vs torchvision Faster R-CNN on BCCD, same recipe, one process"),
+    "infer": ("detkit.benchmarks.infer", "a trained detector vs its torchvision twin (same weights): inference img/s"),
 }
 
 

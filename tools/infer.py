@@ -13,29 +13,13 @@ from detkit.config import load_config, save_config
 from detkit.errors import DetkitError
 
 DEFAULT_RUN = Path("outputs/demo")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def collect_images(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found (not recursively) in the named folders, in sorted order."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.exists():
-            paths.append(item)
-        else:
-            raise DetkitError(f"input {item} does not exist")
-    if not paths:
-        raise DetkitError(f"no images found in {', '.join(inputs)}")
-    return paths
 
 
 def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from detkit.data.image_io import read_image, to_tensor
+    from detkit.data.image_io import collect_images, read_image, to_tensor
     from detkit.engine.workflow import load_trained, setup
     from detkit.visualize import draw_detections, save_image
 

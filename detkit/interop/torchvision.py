@@ -7,12 +7,11 @@ their block type and the number of blocks in layer3. C4 and VGG detectors have n
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
-
-import warnings
 
 from detkit.config import config_from_dict
 from detkit.errors import DetkitError
@@ -96,10 +95,11 @@ def from_torchvision(model_or_state_dict: nn.Module | dict[str, Tensor]) -> Fast
 
 
 def to_torchvision(detector: FasterRCNN) -> nn.Module:
-    """A torchvision ResNet-FPN FasterRCNN with the detector's weights, anchors, pooler and post-processing."""
+    """A torchvision ResNet-FPN FasterRCNN with the detector's weights, anchors, pooler, box head and settings."""
     from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
     from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -116,10 +116,13 @@ def to_torchvision(detector: FasterRCNN) -> nn.Module:
     backbone = resnet_fpn_backbone(backbone_name=name, weights=None, trainable_layers=5,
                                    norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d)
     anchors = rpn.anchor_generator
+    fc6 = heads.box_head.fc6
     model = TorchvisionFasterRCNN(
-        backbone, num_classes=num_classes,
+        backbone,
         rpn_anchor_generator=AnchorGenerator(tuple(anchors.sizes), tuple(anchors.aspect_ratios)),
         box_roi_pool=MultiScaleRoIAlign(detector.box_feature_names, pooler.output_size, pooler.sampling_ratio),
+        box_head=TwoMLPHead(fc6.in_features, fc6.out_features),
+        box_predictor=FastRCNNPredictor(fc6.out_features, num_classes),
         min_size=pre.test_min_size, max_size=pre.max_size, image_mean=pre.pixel_mean.flatten().tolist(),
         image_std=pre.pixel_std.flatten().tolist(),
         rpn_pre_nms_top_n_test=rpn.pre_nms_top_n["testing"], rpn_post_nms_top_n_test=rpn.post_nms_top_n["testing"],

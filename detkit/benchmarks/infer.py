@@ -1,0 +1,96 @@
+"""`tools/benchmark.py infer`: a trained detector and its torchvision twin (same weights) on the same images.
+
+The twin is `detkit.interop.torchvision.to_torchvision(model)`, so the two differ only in code, not in weights,
+anchors or thresholds. Images are decoded and moved to the device before timing; each round times every image
+through one side, then the other (rounds alternate which goes first), and the best round per side is reported
+(CUDA synchronised around each round). Works for ResNet-FPN detectors on CPU or CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from detkit.config import load_config
+from detkit.errors import DetkitError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `infer` sub-command's flags."""
+    parser.add_argument("config", help="config.yaml of a training run")
+    parser.add_argument("--weights", help="weights (default <output_dir>/model_final.pth of the config)")
+    parser.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders (default: the test split)")
+    parser.add_argument("--limit", type=int, default=72, help="at most this many images (default 72)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds per side; the best counts (default 2)")
+    parser.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE, e.g. threads=2")
+
+
+def load_images(cfg, paths: list[str] | None, limit: int) -> list[torch.Tensor]:
+    """Decoded CHW float images: the named files and folders, else the config's test split."""
+    from detkit.data.image_io import collect_images, read_image, to_tensor
+
+    if paths:
+        return [to_tensor(read_image(p)) for p in collect_images(paths)[:limit]]
+    from detkit.engine.workflow import build_split
+
+    dataset = build_split(cfg, "test")
+    return [dataset[i][0] for i in range(min(limit, len(dataset)))]
+
+
+@torch.no_grad()
+def timed_round(model: nn.Module, images: list[torch.Tensor]) -> tuple[float, list[dict]]:
+    """Images per second of one pass over `images`, and the detections (on the CPU)."""
+    if images[0].is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    outputs = [model([image])[0] for image in images]
+    if images[0].is_cuda:
+        torch.cuda.synchronize()
+    ips = len(images) / max(time.perf_counter() - start, 1e-9)
+    return ips, [{k: v.cpu() for k, v in out.items()} for out in outputs]
+
+
+def agreement(ours: list[dict], theirs: list[dict]) -> str:
+    """'same detections' when every image has the same labels and boxes within 1e-3 px, else what differs."""
+    counts = sum(len(o["boxes"]) for o in ours), sum(len(t["boxes"]) for t in theirs)
+    same = all(len(o["boxes"]) == len(t["boxes"]) and torch.equal(o["labels"], t["labels"])
+               and torch.allclose(o["boxes"], t["boxes"], atol=1e-3, rtol=0) for o, t in zip(ours, theirs))
+    return "same detections" if same else f"detections differ ({counts[0]} detkit vs {counts[1]} torchvision boxes)"
+
+
+def main(args: argparse.Namespace) -> int:
+    """Time both sides and print one line each plus the ratio."""
+    from detkit.engine.workflow import load_trained, setup
+    from detkit.interop.torchvision import to_torchvision
+
+    if args.limit < 1 or args.rounds < 1:
+        raise DetkitError(f"benchmark infer: --limit and --rounds must be >= 1, got {args.limit} and {args.rounds}.")
+    cfg = load_config(args.config, args.overrides)
+    weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
+    device = setup(cfg, make_output_dir=False)
+    model = load_trained(cfg, weights).to(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        twin = to_torchvision(model).to(device).eval()
+    images = [im.to(device) for im in load_images(cfg, args.images, args.limit)]
+    sides = {"detkit": model, "torchvision": twin}
+    best = {name: 0.0 for name in sides}
+    detections = {}
+    for round_index in range(args.rounds):
+        for name in sorted(sides, reverse=round_index % 2 == 1):
+            ips, detections[name] = timed_round(sides[name], images)
+            best[name] = max(best[name], ips)
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    where = f"{device.type}" + (f", {threads} threads" if threads else f" ({torch.cuda.get_device_name()})")
+    print(f"# {len(images)} images on {where}, best of {args.rounds} rounds; torch {torch.__version__}")
+    for name in sides:
+        print(f"{name:>12}: {best[name]:.2f} img/s")
+    print(f"{'ratio':>12}: {best['detkit'] / best['torchvision']:.2f}x (detkit / torchvision); "
+          f"{agreement(detections['detkit'], detections['torchvision'])}")
+    for warning in caught:
+        print(f"note: {warning.message}")
+    return 0
