@@ -89,6 +89,16 @@ def _axis(start, bin_size, grid, bin_index, i, size):
 
 
 @triton.jit
+def _corners(ptrs, ylo, yhi, xlo, xhi, sH, sW, m, C_FAST: tl.constexpr, ACC: tl.constexpr):
+    """Load the four bilinear corners (low/high row x low/high column) of every sample in the tile, as ACC."""
+    v1 = tl.load(ptrs + along_bins(ylo * sH + xlo * sW, C_FAST), mask=m, other=0).to(ACC)
+    v2 = tl.load(ptrs + along_bins(ylo * sH + xhi * sW, C_FAST), mask=m, other=0).to(ACC)
+    v3 = tl.load(ptrs + along_bins(yhi * sH + xlo * sW, C_FAST), mask=m, other=0).to(ACC)
+    v4 = tl.load(ptrs + along_bins(yhi * sH + xhi * sW, C_FAST), mask=m, other=0).to(ACC)
+    return v1, v2, v3, v4
+
+
+@triton.jit
 def _roi_align_fwd_kernel(
     out_ptr, rois_ptr, levels_ptr, f0, f1, f2, f3, f4, geom_ptr, scale_ptr,
     n_images, n_levels, C, sampling_ratio,
@@ -107,10 +117,7 @@ def _roi_align_fwd_kernel(
         for ix in range(0, gw):
             xlo, xhi, lx, xin, _ = _axis(x1, bin_w, gw, pw, ix, W)
             m = along_bins(pm & yin & xin, C_FAST) & cmask
-            v1 = tl.load(base + ch + along_bins(ylo * sH + xlo * sW, C_FAST), mask=m, other=0).to(ACC)
-            v2 = tl.load(base + ch + along_bins(ylo * sH + xhi * sW, C_FAST), mask=m, other=0).to(ACC)
-            v3 = tl.load(base + ch + along_bins(yhi * sH + xlo * sW, C_FAST), mask=m, other=0).to(ACC)
-            v4 = tl.load(base + ch + along_bins(yhi * sH + xhi * sW, C_FAST), mask=m, other=0).to(ACC)
+            v1, v2, v3, v4 = _corners(base + ch, ylo, yhi, xlo, xhi, sH, sW, m, C_FAST, ACC)
             hy = 1 - ly
             hx = 1 - lx
             acc += (along_bins((hy * hx).to(ACC), C_FAST) * v1 + along_bins((hy * lx).to(ACC), C_FAST) * v2
@@ -168,10 +175,7 @@ def _roi_align_bwd_kernel(
                 tl.atomic_add(dbase + dch + o4, g * fy * fx, mask=m)
             if BOX_GRAD:
                 tx = along_bins(((pw + (ix + 0.5) / gw) / PW).to(ACC), C_FAST)
-                v1 = tl.load(fbase + fch + along_bins(ylo * fsH + xlo * fsW, C_FAST), mask=m, other=0).to(ACC)
-                v2 = tl.load(fbase + fch + along_bins(ylo * fsH + xhi * fsW, C_FAST), mask=m, other=0).to(ACC)
-                v3 = tl.load(fbase + fch + along_bins(yhi * fsH + xlo * fsW, C_FAST), mask=m, other=0).to(ACC)
-                v4 = tl.load(fbase + fch + along_bins(yhi * fsH + xhi * fsW, C_FAST), mask=m, other=0).to(ACC)
+                v1, v2, v3, v4 = _corners(fbase + fch, ylo, yhi, xlo, xhi, fsH, fsW, m, C_FAST, ACC)
                 gy = g * (hx * (v3 - v1) + fx * (v4 - v2)) * along_bins(ymove.to(ACC), C_FAST)
                 gx = g * (hy * (v2 - v1) + fy * (v4 - v3)) * along_bins(xmove.to(ACC), C_FAST)
                 sum_y += gy
