@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detkit.config import load_config
+from detkit.config import Config, load_config
 from detkit.errors import DetkitError
 
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE, e.g. threads=2")
 
 
-def load_images(cfg, paths: list[str] | None, limit: int) -> list[torch.Tensor]:
+def load_images(cfg: Config, paths: list[str] | None, limit: int) -> list[torch.Tensor]:
     """Decoded CHW float images: the named files and folders, else the config's test split."""
     from detkit.data.image_io import collect_images, read_image, to_tensor
 
