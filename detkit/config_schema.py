@@ -14,6 +14,7 @@ class DatasetConfig:
     root: Optional[str] = None  # dataset folder; None takes data.root
     split: Optional[str] = None  # VOC image-set name; COCO image folder under root; demo train / test
     ann_file: Optional[str] = None  # COCO annotation JSON, relative to root
+    proposals: Optional[str] = None  # proposal store folder (Fast R-CNN / R-CNN), filled by tools/propose.py
 
 
 @dataclass
@@ -57,6 +58,19 @@ class SolverConfig:
 
 
 @dataclass
+class ProposalsConfig:
+    """How tools/propose.py fills a proposal store (Fast R-CNN and R-CNN read proposals as data)."""
+
+    method: Literal["selective_search", "rpn"] = "selective_search"
+    mode: Literal["fast", "quality"] = "fast"  # selective search setting (Uijlings et al. 2013)
+    max_side: int = 500  # images are scaled so the long side is at most this before the search
+    min_size: float = 1.0  # proposals narrower or shorter than this (stored-image pixels) are dropped
+    top_k: int = 2000  # proposals kept per image (Fast R-CNN paper: ~2000 selective-search boxes per image)
+    workers: int = 1  # processes for the search (OpenCV runs one thread in each)
+    rpn_weights: Optional[str] = None  # with method rpn: the trained Faster R-CNN whose RPN proposes
+
+
+@dataclass
 class BackboneConfig:
     name: Literal["vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     fpn: bool = True
@@ -88,19 +102,22 @@ class RoIHeadsConfig:
     pooler_resolution: int = 7
     sampling_ratio: int = 2
     aligned: bool = True  # half-pixel-corrected RoIAlign (torchvision's MultiScaleRoIAlign uses false)
+    box_head: Literal["auto", "two_mlp", "vgg_fc", "res5"] = "auto"  # auto: two_mlp with FPN, else the backbone's
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
+    bg_iou_lo: float = 0.0  # background RoIs have IoU in [bg_iou_lo, bg_iou_thresh) (Fast R-CNN: 0.1)
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
     representation_size: int = 1024  # width of the 2-MLP box head (FPN)
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
+    svd_rank: Optional[int] = None  # truncated SVD of fc6/fc7 at test time (Fast R-CNN §3.1); None keeps them
 
 
 @dataclass
 class ModelConfig:
-    arch: Literal["faster_rcnn"] = "faster_rcnn"
+    arch: Literal["faster_rcnn", "fast_rcnn"] = "faster_rcnn"
     num_classes: Optional[int] = None  # foreground classes; None takes the training set's
     class_names: Optional[list[str]] = None  # filled from the training set; kept in config.yaml for inference
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -131,3 +148,4 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
+    proposals: ProposalsConfig = field(default_factory=ProposalsConfig)
