@@ -7,7 +7,9 @@ the seed drives that sample's augmentation, so batch k is a pure function of (se
 
 from __future__ import annotations
 
+import functools
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from detkit.data.image_io import max_image_pixels, set_max_image_pixels
 from detkit.errors import DetkitError
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
@@ -88,8 +91,17 @@ class _KeyedDataset(Dataset):
         return self.dataset.get(index, seed=seed)
 
 
-def _worker_init(worker_id: int) -> None:
-    """Seed a worker's stray RNGs from its torch seed and keep it to one thread on shared CPUs."""
+def _worker_init(worker_id: int, max_pixels: int | None = None) -> None:
+    """Seed a worker's stray RNGs, keep it to one thread, apply the pixel cap, and leave SIGINT/SIGTERM to the parent.
+
+    A job scheduler (Slurm, systemd, docker stop, `timeout`) signals the whole process group: a worker that died of
+    it would end the run with "DataLoader worker killed by signal" before the main process saved its checkpoint.
+    Ignoring the signal here lets the main process stop at the end of the iteration; the workers then exit when the
+    loader shuts down (or, at worst, when their watchdog sees the parent gone).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    set_max_image_pixels(max_pixels)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -115,7 +127,8 @@ def build_train_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 
     # DataLoader draws its worker base seed from this generator, never from the global torch RNG.
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(_KeyedDataset(dataset), batch_sampler=stream, num_workers=num_workers,
-                        collate_fn=collate, pin_memory=pin_memory, worker_init_fn=_worker_init,
+                        collate_fn=collate, pin_memory=pin_memory,
+                        worker_init_fn=functools.partial(_worker_init, max_pixels=max_image_pixels()),
                         generator=generator, persistent_workers=False)
     return iter(loader)
 
@@ -126,4 +139,5 @@ def build_test_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 
     if batch_size <= 0:
         raise DetkitError(f"batch_size must be positive, got {batch_size}.")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0))
+                      pin_memory=pin_memory, worker_init_fn=functools.partial(_worker_init, max_pixels=max_image_pixels()),
+                      generator=torch.Generator().manual_seed(0))
