@@ -9,6 +9,7 @@ the results of the images done.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from detkit.cli import add_common_args, run
@@ -49,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
             except DetkitError as error:
                 if args.stop_on_error:
                     raise
-                tqdm.write(f"infer.py: warning: {error} Skipped.")
+                tqdm.write(f"infer.py: warning: {error} Skipped.", file=sys.stderr)
                 skipped.append(str(path))
                 continue
             with torch.no_grad():

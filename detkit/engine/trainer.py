@@ -173,7 +173,8 @@ class Trainer:
         return iteration, float((state.get("extra") or {}).get("loss", math.nan))
 
     def _keep_built_hyperparameters(self, built: list[dict[str, Any]]) -> None:
-        """Put back the hyperparameters the optimizer was built with over those loaded from the checkpoint."""
+        """Put back the hyperparameters the optimizer was built with over those loaded from the checkpoint, and the
+        lr the (possibly changed) schedule gives at the loaded iteration; unchanged settings give the same values."""
         for index, (group, own) in enumerate(zip(self.optimizer.param_groups, built)):
             for key, value in own.items():
                 if key == "lr" or group.get(key) == value:
@@ -183,8 +184,12 @@ class Trainer:
                 logger.info("Optimizer group %d: %s %s from the config (the checkpoint had %s).",
                             index, key, value, group.get(key))
                 group[key] = value
-        if hasattr(self.lr_scheduler, "base_lrs") and all("initial_lr" in g for g in self.optimizer.param_groups):
-            self.lr_scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        scheduler = self.lr_scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+            for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)  # as LambdaLR.get_lr computes it
+            scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _loop(self, start_iter: int, metrics: MetricsWriter | None, bar: tqdm) -> dict[str, Any]:
         """Run the iterations from start_iter and return the summary; on an error save what can be saved first."""
