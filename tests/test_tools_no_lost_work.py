@@ -72,6 +72,49 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_last_pth_and_say
                                                "saved; --resume continues from there.")
 
 
+def tiny_voc(root: Path, count: int = 12, truncated: tuple[str, ...] = ()) -> Path:
+    """A VOC folder of `count` 64x64 images with one box each (split trainval = test = all); some truncated."""
+    import cv2
+    import numpy as np
+
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    ids = [f"{n:03d}" for n in range(count)]
+    for n, image_id in enumerate(ids):
+        image = np.full((64, 64, 3), 40, np.uint8)
+        x = 8 + 3 * n
+        image[16:40, x:x + 20] = 220
+        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), image)
+        box = f"<xmin>{x + 1}</xmin><ymin>17</ymin><xmax>{x + 20}</xmax><ymax>40</ymax>"
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            "<annotation><size><width>64</width><height>64</height><depth>3</depth></size><object><name>block</name>"
+            f"<difficult>0</difficult><bndbox>{box}</bndbox></object></annotation>")
+    for image_id in truncated:
+        path = root / "JPEGImages" / f"{image_id}.jpg"
+        path.write_bytes(path.read_bytes()[:200])
+    for split in ("trainval", "test"):
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+def test_a_corrupt_image_mid_run_saves_last_pth_first_then_one_line(tmp_path):
+    from detkit.data.loader import TrainStream
+
+    batches = iter(TrainStream(12, 2, seed=0))  # the training order of seed 0: corrupt an image of batch 3
+    third = [next(batches) for _ in range(3)][-1]
+    data = tiny_voc(tmp_path / "voc", truncated=(f"{third[0][0]:03d}",))
+    out = tmp_path / "run"
+    proc = tool("train.py", DEMO, f"output_dir={out}", "data.train.format=voc", "data.test.format=voc",
+                f"data.root={data}", "data.train.split=trainval", "data.test.split=test", "solver.max_iter=40",
+                "solver.checkpoint_period=100", *TINY, "data.num_workers=2", "--no-progress", cwd=tmp_path,
+                check=False)
+    line = one_error_line(proc, "train.py")
+    assert "is corrupt" in line and "DataLoader worker" not in line
+    assert torch.load(out / "last.pth", weights_only=False)["iteration"] == 2  # checkpoint_period was 100
+    assert f"Error after iteration 2: {out}/last.pth saved; once fixed, --resume continues" in proc.stderr
+    assert [json.loads(line)["iter"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_train_refuses_a_folder_holding_a_run_and_leaves_it_as_it_was(run, tmp_path):
     before = snapshot(run)
     line = one_error_line(tool("train.py", DEMO, f"output_dir={run}", *TINY, cwd=tmp_path, check=False), "train.py")

@@ -8,6 +8,7 @@ the seed drives that sample's augmentation, so batch k is a pure function of (se
 from __future__ import annotations
 
 import functools
+import os
 import random
 import signal
 from collections.abc import Iterator, Sequence
@@ -91,16 +92,22 @@ class _KeyedDataset(Dataset):
         return self.dataset.get(index, seed=seed)
 
 
+def _exit_quietly(signum: int, frame: Any) -> None:
+    """A loader worker's SIGTERM handler: exit with status 0, which the parent's DataLoader does not report."""
+    os._exit(0)
+
+
 def _worker_init(worker_id: int, max_pixels: int | None = None) -> None:
     """Seed a worker's stray RNGs, keep it to one thread, apply the pixel cap, and leave SIGINT/SIGTERM to the parent.
 
-    A job scheduler (Slurm, systemd, docker stop, `timeout`) signals the whole process group: a worker that died of
-    it would end the run with "DataLoader worker killed by signal" before the main process saved its checkpoint.
-    Ignoring the signal here lets the main process stop at the end of the iteration; the workers then exit when the
-    loader shuts down (or, at worst, when their watchdog sees the parent gone).
+    A job scheduler (Slurm, systemd, docker stop, `timeout`) signals the whole process group; a worker killed by
+    the signal made the parent raise "DataLoader worker ... killed by signal" in the middle of an iteration, before
+    the trainer could save. Here a worker ignores SIGINT and exits with status 0 on SIGTERM, so the parent notices
+    at most an empty queue (which the trainer treats as the stop it asked for) and still exits cleanly when
+    multiprocessing terminates leftover workers at interpreter exit.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
     set_max_image_pixels(max_pixels)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
@@ -138,6 +145,6 @@ def build_test_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 
     """Finite loader over the dataset in index order (no shuffling), yielding (images, targets) batches."""
     if batch_size <= 0:
         raise DetkitError(f"batch_size must be positive, got {batch_size}.")
+    init = functools.partial(_worker_init, max_pixels=max_image_pixels())
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, worker_init_fn=functools.partial(_worker_init, max_pixels=max_image_pixels()),
-                      generator=torch.Generator().manual_seed(0))
+                      pin_memory=pin_memory, worker_init_fn=init, generator=torch.Generator().manual_seed(0))

@@ -13,7 +13,7 @@ from detkit.data import image_io
 from detkit.data.base import DetectionDataset, ImageRecord
 from detkit.data.check import check_datasets
 from detkit.data.image_io import collect_images, output_paths, read_image
-from detkit.data.loader import _worker_init
+from detkit.data.loader import _exit_quietly, _worker_init
 from detkit.errors import DetkitError
 
 from .conftest import write_image
@@ -80,12 +80,12 @@ def test_decoder_and_file_system_errors_become_one_line_naming_the_image(tmp_pat
         read_image(tmp_path / "ok.jpg")
 
 
-def test_loader_workers_ignore_sigint_and_sigterm_and_take_the_pixel_cap(restore_cap):
+def test_loader_workers_ignore_sigint_exit_quietly_on_sigterm_and_take_the_pixel_cap(restore_cap):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         _worker_init(0, max_pixels=1234)
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is _exit_quietly
         assert image_io.max_image_pixels() == 1234
     finally:
         for sig, handler in before.items():
