@@ -203,9 +203,14 @@ class Trainer:
             iteration = progress["iteration"]
             if iteration > progress["saved"] and _is_main_process():
                 set_rng_state(progress["rng"])  # as at the end of that iteration: the resume stays exact
-                self._save_last(iteration, math.nan)
-                logger.warning("Error after iteration %d: %s saved; once fixed, --resume continues from iteration "
-                               "%d.", iteration, self.last_checkpoint, iteration)
+                try:
+                    self._save_last(iteration, math.nan)
+                except Exception as save_error:  # e.g. the disk is full: report the first error, not this one
+                    logger.warning("Error after iteration %d, and %s could not be saved (%s).",
+                                   iteration, self.last_checkpoint, save_error)
+                else:
+                    logger.warning("Error after iteration %d: %s saved; once fixed, --resume continues from "
+                                   "iteration %d.", iteration, self.last_checkpoint, iteration)
             raise
 
     def _iterate(self, start_iter: int, metrics: MetricsWriter | None, bar: tqdm,
