@@ -194,7 +194,7 @@ class Trainer:
     def _loop(self, start_iter: int, metrics: MetricsWriter | None, bar: tqdm) -> dict[str, Any]:
         """Run the iterations from start_iter and return the summary; on an error save what can be saved first."""
         self._unproven = self.previous_checkpoint.is_file()
-        progress = {"iteration": start_iter, "saved": start_iter, "rng": rng_state()}
+        progress = {"iteration": start_iter, "saved": start_iter, "rng": rng_state(), "loss": math.nan}
         try:
             return self._iterate(start_iter, metrics, bar, progress)
         except FloatingPointError as error:
@@ -204,7 +204,7 @@ class Trainer:
             if iteration > progress["saved"] and _is_main_process():
                 set_rng_state(progress["rng"])  # as at the end of that iteration: the resume stays exact
                 try:
-                    self._save_last(iteration, math.nan)
+                    self._save_last(iteration, progress["loss"])
                 except Exception as save_error:  # e.g. the disk is full: report the first error, not this one
                     logger.warning("Error after iteration %d, and %s could not be saved (%s).",
                                    iteration, self.last_checkpoint, save_error)
@@ -240,7 +240,7 @@ class Trainer:
             iteration += 1
             meter.add(len(images), time.perf_counter() - tic)
             loss = sum(losses.values())
-            progress.update(iteration=iteration, rng=rng_state())
+            progress.update(iteration=iteration, rng=rng_state(), loss=loss)
             for key, value in {**losses, "total_loss": loss}.items():
                 window[key] = window.get(key, 0.0) + value
             if iteration % self.log_period == 0 or iteration == self.max_iter:
