@@ -6,13 +6,15 @@ the config: {"iteration": k, "changes": {"dotted.key": [old, new], ...}}.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -55,6 +57,7 @@ def prepare_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool
 
     A folder holding a run (last.pth, model_final.pth, metrics.jsonl or config.yaml) needs `resume` (continue it)
     or `overwrite` (its run files are removed now, other files stay). Nothing is created or removed on refusal.
+    The folder is then locked for this process (lock_output_dir).
     """
     path = check_output_dir(path)
     if resume and overwrite:
@@ -63,12 +66,14 @@ def prepare_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool
     if found and not resume and not overwrite:
         raise DetkitError(f"output_dir {path} already holds a run ({', '.join(found)}); pass --resume to continue "
                           "it, --overwrite to start over in it, or choose another output_dir.")
-    if overwrite and path.is_dir():
+    make_output_dir(path)
+    lock_output_dir(path)  # held until the process ends: no second run, and no removal under a live one
+    if overwrite:
         for name in RUN_FILES:
             (path / name).unlink(missing_ok=True)
         for events in path.glob("events.out.tfevents.*"):
             events.unlink()
-    return make_output_dir(path)
+    return path
 
 
 def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
@@ -84,6 +89,52 @@ def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
     if removed:
         logger.info("Removed %d temporary file(s) left by an interrupted save in %s.", len(removed), folder)
     return removed
+
+
+_HELD: dict[str, Any] = {}  # output folders whose lock this process holds: resolved path -> open lock file
+
+
+def lock_output_dir(output_dir: str | os.PathLike) -> None:
+    """Take the advisory lock <output_dir>/.lock for this process (until release or exit); refuse a second run.
+
+    This is what makes a temporary file "stale" (no live run can be writing it) and keeps a requeued job from
+    training into the folder of one still running. Where the file system has no flock, runs go on unlocked.
+    """
+    import fcntl  # POSIX only, as are the signals the trainer handles
+
+    key = str(Path(output_dir).resolve())
+    if key in _HELD:
+        return
+    path = Path(output_dir) / ".lock"
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.close()
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise DetkitError(f"another process is training in {output_dir} (it holds {path}); wait for it to "
+                              "end, or choose another output_dir.") from None
+        return  # no flock on this file system
+    _HELD[key] = handle
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    """Give back the lock lock_output_dir took (nothing when this process does not hold it)."""
+    handle = _HELD.pop(str(Path(output_dir).resolve()), None)
+    if handle is not None:
+        handle.close()
+
+
+@contextlib.contextmanager
+def exclusive_run(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the output folder's lock for a block (or keep holding it, when this process already does)."""
+    held = str(Path(output_dir).resolve()) in _HELD
+    lock_output_dir(output_dir)
+    try:
+        yield
+    finally:
+        if not held:
+            release_output_dir(output_dir)
 
 
 def stored_config(checkpoint: str | os.PathLike) -> tuple[dict | None, int]:

@@ -37,7 +37,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from detkit.engine.checkpoint import (atomic_torch_save, load_checkpoint, rng_state, save_checkpoint,
                                       set_rng_state, unwrap_model)
 from detkit.engine.metrics import MetricsWriter, ThroughputMeter, to_json
-from detkit.engine.run_dir import link_or_copy, remove_stale_temporaries, stored_config
+from detkit.engine.run_dir import exclusive_run, link_or_copy, remove_stale_temporaries, stored_config
 from detkit.errors import DetkitError
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,15 @@ class Trainer:
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Run iterations up to max_iter (continuing from last.pth when `resume`); return throughput and final loss."""
         is_main = _is_main_process()
-        if is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if not is_main:
+            return self._train(resume, is_main)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_run(self.output_dir):
             remove_stale_temporaries(self.output_dir)
+            return self._train(resume, is_main)
+
+    def _train(self, resume: bool, is_main: bool) -> dict[str, Any]:
+        """train() once the output folder is this run's alone."""
         start_iter, final_loss = self._resume() if resume else (0, math.nan)
         if start_iter >= self.max_iter:
             logger.info("%s is at iteration %d >= max_iter %d; nothing to train.",

@@ -110,7 +110,7 @@ def test_a_run_that_diverges_before_any_proven_checkpoint_leaves_none_to_resume(
 def test_a_finished_run_leaves_only_last_pth(tmp_path):
     make_trainer(tmp_path, checkpoint_period=1).train()
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["last.pth", "metrics.jsonl", "model_final.pth"]
+    assert names == [".lock", "last.pth", "metrics.jsonl", "model_final.pth"]
 
 
 def test_stale_temporary_files_of_the_run_are_removed_at_the_next_start(tmp_path):

@@ -7,7 +7,7 @@ from torch import nn
 from detkit.config import config_to_dict, load_config
 from detkit.engine.checkpoint import save_checkpoint
 from detkit.engine.run_dir import (check_resume_config, config_changes, make_output_dir, prepare_output_dir,
-                                   record_config_changes)
+                                   record_config_changes, release_output_dir)
 from detkit.errors import DetkitError
 
 
@@ -32,7 +32,7 @@ def test_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path):
     with pytest.raises(DetkitError, match="contradict"):
         prepare_output_dir(tmp_path, resume=True, overwrite=True)
     prepare_output_dir(tmp_path, resume=False, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # run files gone, the user's file kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "notes.txt"]  # run files gone, user's file kept
     prepare_output_dir(tmp_path / "new", resume=False, overwrite=False)
     assert (tmp_path / "new").is_dir()
 
@@ -76,3 +76,21 @@ def test_resume_warns_about_and_records_a_change_it_honours(tmp_path, caplog):
 def test_config_changes_compares_nested_keys():
     assert config_changes({"a": {"b": 1, "c": [1, 2]}, "d": 0}, {"a": {"b": 2, "c": (1, 2)}, "d": 0}) == {
         "a.b": (1, 2)}
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    prepare_output_dir(tmp_path, resume=False, overwrite=False)  # this process now holds the folder's lock
+    other = subprocess.run([sys.executable, "-c", "import sys; from detkit.engine.run_dir import prepare_output_dir; "
+                            "prepare_output_dir(sys.argv[1], resume=True, overwrite=False)", str(tmp_path)],
+                           capture_output=True, text=True, env=env)
+    assert other.returncode != 0 and "another process is training in" in other.stderr
+    prepare_output_dir(tmp_path, resume=True, overwrite=False)  # the holder itself may go on
+    release_output_dir(tmp_path)
+    again = subprocess.run(other.args, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
