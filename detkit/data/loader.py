@@ -137,7 +137,18 @@ def build_train_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 
                         collate_fn=collate, pin_memory=pin_memory,
                         worker_init_fn=functools.partial(_worker_init, max_pixels=max_image_pixels()),
                         generator=generator, persistent_workers=False)
-    return iter(loader)
+    return _reporting_worker_deaths(iter(loader))
+
+
+def _reporting_worker_deaths(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Yield the loader's batches; a worker killed from outside becomes one DetkitError instead of a traceback."""
+    try:
+        yield from batches
+    except RuntimeError as error:
+        if "DataLoader worker (pid" not in str(error):  # not "Caught ... in DataLoader worker process"
+            raise
+        raise DetkitError(f"{str(error).splitlines()[0]}: a signal to the workers alone, or the out-of-memory "
+                          "killer, stopped them (lower data.num_workers if memory is short).") from error
 
 
 def build_test_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 2,

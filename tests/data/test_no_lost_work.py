@@ -134,3 +134,31 @@ def test_infer_outputs_keep_relative_paths_and_never_hit_an_input(tmp_path):
         output_paths(only_a, tmp_path / "a")
     with pytest.raises(DetkitError, match="would write over the input image"):
         output_paths(images, tmp_path)
+
+
+class SignalsItsWorker:
+    """Three 8x8 images; loading image 2 sends SIGTERM to the loading process (a loader worker)."""
+
+    def __len__(self):
+        return 3
+
+    def get(self, index, seed=0):
+        import os
+
+        import torch
+
+        if index == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return torch.zeros(3, 8, 8), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+
+    def aspect_ratios(self):
+        return [1.0] * 3
+
+
+def test_a_worker_stopped_from_outside_is_one_detkit_error_not_a_traceback():
+    from detkit.data.loader import build_train_loader
+
+    batches = build_train_loader(SignalsItsWorker(), 1, num_workers=1, seed=0, aspect_ratio_grouping=False)
+    with pytest.raises(DetkitError, match=r"DataLoader worker \(pid\(s\) \d+\) exited unexpectedly: a signal"):
+        for _ in range(6):
+            next(batches)
