@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from detkit.config import Config, config_to_dict, save_config
 from detkit.data import build_dataset
+from detkit.data.image_io import set_max_image_pixels
 from detkit.data.loader import build_test_loader, build_train_loader
 from detkit.data.transforms import build_transforms
-from detkit.data.image_io import set_max_image_pixels
 from detkit.engine.checkpoint import load_model_weights
 from detkit.engine import run_dir
 from detkit.engine.solver import build_lr_scheduler, build_optimizer
