@@ -47,8 +47,8 @@ def write_run(folder, cfg):
 def test_resume_refuses_a_model_change_naming_the_keys_and_writes_nothing(tmp_path):
     cfg = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *PINNED])
     write_run(tmp_path, cfg)
-    changed = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *PINNED, "solver.base_lr=0.001",
-                                                "model.roi_heads.representation_size=64", "model.backbone.name=resnet34"])
+    overrides = ["solver.base_lr=0.001", "model.roi_heads.representation_size=64", "model.backbone.name=resnet34"]
+    changed = load_config("configs/demo.yaml", [f"output_dir={tmp_path}", *PINNED, *overrides])
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(DetkitError) as info:
         check_resume_config(tmp_path, config_to_dict(changed))
