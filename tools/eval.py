@@ -10,21 +10,15 @@ from pathlib import Path
 
 from detkit.cli import add_common_args, run
 from detkit.config import load_config, save_config
-from detkit.errors import DetkitError
-
-# A folder holding these is a training run's: evaluation must not write its metrics.json / config.yaml there.
-TRAINING_RUN_FILES = ("last.pth", "metrics.jsonl")
 
 
 def main(args: argparse.Namespace) -> int:
-    from detkit.engine.run_dir import check_output_dir, make_output_dir
+    from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.engine.workflow import build_split, evaluate, load_trained, setup, write_json
     from detkit.evaluation.coco import format_coco_table
 
     cfg = load_config(args.config, args.overrides)
-    out = check_output_dir(args.out or Path(cfg.output_dir) / "eval", key="--out")
-    if any((out / name).exists() for name in TRAINING_RUN_FILES):
-        raise DetkitError(f"--out {out} holds a training run; evaluation writes beside it, e.g. --out {out / 'eval'}")
+    out = check_not_a_run(args.out or Path(cfg.output_dir) / "eval", key="--out")
     device = setup(cfg, make_output_dir=False)
     test_set = build_split(cfg, "test")
     if not cfg.model.class_names:

@@ -24,7 +24,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
-    from detkit.engine.run_dir import check_output_dir, make_output_dir
+    from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.engine.workflow import load_trained, setup
     from detkit.visualize import draw_detections, save_image
 
@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
         raise DetkitError(f"no trained model at {config.parent}: train one first with "
                           "`python tools/train.py configs/demo.yaml`, or pass --config and --weights")
     cfg = load_config(config)
-    out = check_output_dir(args.out, key="--out")
+    out = check_not_a_run(args.out, key="--out")
     images = collect_images(args.inputs)
     drawn_paths = output_paths(images, out)  # refuses before any work when an input would be written over
     make_output_dir(out, key="--out")

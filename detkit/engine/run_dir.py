@@ -42,6 +42,15 @@ def check_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
     return path
 
 
+def check_not_a_run(path: str | os.PathLike, key: str) -> Path:
+    """Refuse a folder of a training run as the output of evaluation or inference (it would replace config.yaml)."""
+    path = check_output_dir(path, key)
+    if any((path / name).exists() for name in ("last.pth", "metrics.jsonl")):
+        raise DetkitError(f"{key} {path} holds a training run, whose config.yaml and metrics this would replace; "
+                          f"write beside it, e.g. {key} {path / 'eval'}")
+    return path
+
+
 def make_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
     """Create the folder `path` (and its parents), turning an operating-system refusal into one DetkitError."""
     path = check_output_dir(path, key)

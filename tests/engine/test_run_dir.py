@@ -6,7 +6,7 @@ from torch import nn
 
 from detkit.config import config_to_dict, load_config
 from detkit.engine.checkpoint import save_checkpoint
-from detkit.engine.run_dir import (check_resume_config, config_changes, make_output_dir, prepare_output_dir,
+from detkit.engine.run_dir import (check_not_a_run, check_resume_config, config_changes, make_output_dir, prepare_output_dir,
                                    record_config_changes, release_output_dir)
 from detkit.errors import DetkitError
 
@@ -94,3 +94,10 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
     release_output_dir(tmp_path)
     again = subprocess.run(other.args, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr
+
+
+def test_evaluation_and_inference_outputs_stay_out_of_a_training_run(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(DetkitError, match=r"--out .* holds a training run.*e.g. --out .*eval"):
+        check_not_a_run(tmp_path, "--out")
+    assert check_not_a_run(tmp_path / "eval", "--out") == tmp_path / "eval"
