@@ -8,13 +8,30 @@ from collections.abc import Callable
 
 from detkit.errors import DetkitError
 
-# Bad input, a missing file, or a diverged run (non-finite loss): reported in one line.
-USER_ERRORS = (DetkitError, FileNotFoundError, PermissionError, ValueError, FloatingPointError)
+# Bad input, a missing or unwritable file (any operating-system error), or a diverged run (non-finite loss):
+# reported in one line. OpenCV's cv2.error is added where cv2 is loaded (see _user_errors).
+USER_ERRORS = (DetkitError, OSError, ValueError, FloatingPointError)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Flags every tool takes."""
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line: a DataLoader worker's re-raised error keeps only its final message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) > 1 and ("Original Traceback" in str(err) or lines[0].startswith("OpenCV(")):
+        last = lines[-1]  # "detkit.errors.DetkitError: Image file ..." or OpenCV's "error: (-215) ..."
+        return last.split(": ", 1)[1] if ": " in last and " " not in last.split(": ", 1)[0] else last
+    return " ".join(lines)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    cv2 = sys.modules.get("cv2")
+    return USER_ERRORS + ((cv2.error,) if cv2 is not None and isinstance(getattr(cv2, "error", None), type) else ())
 
 
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser) -> None:
@@ -36,10 +53,10 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         sys.exit(130)
-    except USER_ERRORS as err:
-        if args.debug:
+    except Exception as err:
+        if args.debug or not isinstance(err, _user_errors()):
             raise
         hint = "" if isinstance(err, DetkitError) else " (run with --debug for the traceback)"
-        print(f"{parser.prog}: error: {err}{hint}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(err)}{hint}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)

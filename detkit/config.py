@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from detkit.config_checks import check_values
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 
@@ -61,8 +62,11 @@ def _load_tree(path: Path, sources: dict, chain: tuple[Path, ...] = ()) -> dict:
         raise DetkitError(f"config {path} includes itself through _base_")
     data = _read_yaml(path)
     bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise DetkitError(f"config key '_base_' in {path} must be a file path or a list of paths, got {bases!r}")
     merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else list(bases):
+    for base in bases:
         # The base recorded its own keys' sources while loading; merging it must not overwrite them.
         _merge(merged, _load_tree(path.parent / base, sources, chain + (path,)), {}, "")
     return _merge(merged, data, sources, str(path))
@@ -101,6 +105,7 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     """A validated Config from a nested dict of the keys to change from the defaults."""
     config = _build(Config, tree, "", sources or {})
     _resolve_roots(config)
+    check_values(config)
     return config
 
 

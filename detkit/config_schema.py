@@ -24,6 +24,7 @@ class DataConfig:
     test: DatasetConfig = field(default_factory=lambda: DatasetConfig(split="test"))
     demo_cache: Optional[str] = None  # where the demo dataset is generated (default ~/.cache/detkit/demo)
     skip_corrupt: bool = False  # skip unreadable images with a warning instead of stopping
+    max_image_pixels: Optional[int] = 89_478_485  # cap on width x height, read from the header (PIL's); null: none
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
 

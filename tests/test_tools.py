@@ -49,7 +49,7 @@ def test_train_writes_metrics_weights_config_and_picture(trained_run):
 def test_eval_and_infer_use_the_trained_model(trained_run, demo_cache, tmp_path):
     proc = run_tool("eval.py", str(trained_run / "config.yaml"), "--weights", str(trained_run / "model_final.pth"),
                     f"output_dir={tmp_path / 'eval'}", cwd=tmp_path)
-    assert "AP50" in proc.stdout and (tmp_path / "eval" / "metrics.json").is_file()
+    assert "AP50" in proc.stdout and (tmp_path / "eval" / "eval" / "metrics.json").is_file()  # <output_dir>/eval
     images = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[:2]
     out = tmp_path / "infer"
     run_tool("infer.py", *map(str, images), "--config", str(trained_run / "config.yaml"), "--out", str(out),

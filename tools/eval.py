@@ -1,8 +1,9 @@
 """Evaluate trained weights on a config's test split: COCO metrics (and VOC AP for VOC data).
 
-    python tools/eval.py CONFIG --weights W [KEY=VALUE ...]
+    python tools/eval.py CONFIG --weights W [KEY=VALUE ...] [--out DIR]
 
-Prints the metrics table and writes <output_dir>/metrics.json and config.yaml.
+Prints the metrics table and writes metrics.json and config.yaml to --out (default <output_dir>/eval), beside a
+training run's own files, never over them.
 """
 import argparse
 from pathlib import Path
@@ -12,11 +13,13 @@ from detkit.config import load_config, save_config
 
 
 def main(args: argparse.Namespace) -> int:
+    from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.engine.workflow import build_split, evaluate, load_trained, setup, write_json
     from detkit.evaluation.coco import format_coco_table
 
     cfg = load_config(args.config, args.overrides)
-    device = setup(cfg)
+    out = check_not_a_run(args.out or Path(cfg.output_dir) / "eval", key="--out")
+    device = setup(cfg, make_output_dir=False)
     test_set = build_split(cfg, "test")
     if not cfg.model.class_names:
         cfg.model.class_names = list(test_set.classes)
@@ -25,10 +28,10 @@ def main(args: argparse.Namespace) -> int:
     print(format_coco_table(metrics))
     if "voc/mAP" in metrics:
         print(f"VOC mAP@0.5 (area): {metrics['voc/mAP']:.4f}")
-    out = Path(cfg.output_dir) / "metrics.json"
-    write_json(out, metrics)
-    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    print(f"wrote {out}")
+    make_output_dir(out, key="--out")
+    write_json(out / "metrics.json", metrics)
+    save_config(cfg, out / "config.yaml")
+    print(f"wrote {out / 'metrics.json'}")
     return 0
 
 
@@ -37,5 +40,6 @@ if __name__ == "__main__":
     parser.add_argument("config", help="YAML config (e.g. the config.yaml a training run wrote)")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/BCCD")
     parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
+    parser.add_argument("--out", help="folder for metrics.json and config.yaml (default <output_dir>/eval)")
     add_common_args(parser)
     run(main, parser)

@@ -2,10 +2,14 @@
 
     python tools/infer.py IMAGE_OR_FOLDER ... [--config C] [--weights W] [--out DIR] [--score-thresh S]
 
-With no --config/--weights it uses the model the README's main command trained (outputs/demo).
+With no --config/--weights it uses the model the README's main command trained (outputs/demo). Each input gets its
+own drawn picture under --out, at its path relative to the inputs' common folder; an input file is never written
+over. An unreadable image is skipped with a warning (--stop-on-error stops instead); detections.json always holds
+the results of the images done.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from detkit.cli import add_common_args, run
@@ -19,7 +23,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from detkit.data.image_io import collect_images, read_image, to_tensor
+    from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
+    from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.engine.workflow import load_trained, setup
     from detkit.visualize import draw_detections, save_image
 
@@ -28,29 +33,43 @@ def main(args: argparse.Namespace) -> int:
         raise DetkitError(f"no trained model at {config.parent}: train one first with "
                           "`python tools/train.py configs/demo.yaml`, or pass --config and --weights")
     cfg = load_config(config)
+    out = check_not_a_run(args.out, key="--out")
+    images = collect_images(args.inputs)
+    drawn_paths = output_paths(images, out)  # refuses before any work when an input would be written over
+    make_output_dir(out, key="--out")
     weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
     device = setup(cfg, make_output_dir=False)
     model = load_trained(cfg, weights).to(device)
     names = cfg.model.class_names or [str(k) for k in range(1, cfg.model.num_classes + 1)]
-    out = Path(args.out)
-    results = []
-    for image_id, path in enumerate(tqdm(collect_images(args.inputs), desc="infer", dynamic_ncols=True), start=1):
-        image = to_tensor(read_image(path))
-        with torch.no_grad():
-            det = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
-        keep = det["scores"] >= args.score_thresh
-        for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
-                                     det["scores"][keep].tolist()):
-            results.append({"image_id": image_id, "file_name": str(path), "category_id": label,
-                            "category": names[label - 1], "score": round(score, 5),
-                            "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
-                                     round(box[3] - box[1], 2)]})
-        drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
-        save_image(drawn, out / f"{path.stem}.jpg")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "detections.json").write_text(json.dumps(results, indent=1))
-    save_config(cfg, out / "config.yaml")
-    print(f"{len(results)} detections in {image_id} images: {out}/detections.json and drawn images in {out}/")
+    results, skipped, done = [], [], 0
+    try:
+        for image_id, (path, drawn_path) in enumerate(
+                tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True), start=1):
+            try:
+                image = to_tensor(read_image(path))
+            except DetkitError as error:
+                if args.stop_on_error:
+                    raise
+                tqdm.write(f"infer.py: warning: {error} Skipped.", file=sys.stderr)
+                skipped.append(str(path))
+                continue
+            with torch.no_grad():
+                det = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+            keep = det["scores"] >= args.score_thresh
+            for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
+                                         det["scores"][keep].tolist()):
+                results.append({"image_id": image_id, "file_name": str(path), "category_id": label,
+                                "category": names[label - 1], "score": round(score, 5),
+                                "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
+                                         round(box[3] - box[1], 2)]})
+            drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
+            save_image(drawn, drawn_path)
+            done += 1
+    finally:  # an error, --stop-on-error or Ctrl-C still leaves the results of the images done
+        (out / "detections.json").write_text(json.dumps(results, indent=1))
+        save_config(cfg, out / "config.yaml")
+    note = f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""
+    print(f"{len(results)} detections in {done} images{note}: {out}/detections.json and drawn images in {out}/")
     return 0
 
 
@@ -61,5 +80,7 @@ if __name__ == "__main__":
     parser.add_argument("--weights", help="weights (default <output_dir>/model_final.pth of the config)")
     parser.add_argument("--out", default="outputs/infer", help="folder for detections.json and drawn images")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score to keep (default 0.5)")
+    parser.add_argument("--stop-on-error", action="store_true",
+                        help="stop at the first unreadable image instead of skipping it")
     add_common_args(parser)
     run(main, parser)

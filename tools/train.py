@@ -1,8 +1,9 @@
 """Train a detector from a config, then evaluate it on the config's test split.
 
-    python tools/train.py CONFIG [KEY=VALUE ...] [--resume]
+    python tools/train.py CONFIG [KEY=VALUE ...] [--resume | --overwrite] [--check-data]
 
 Writes <output_dir>/config.yaml, metrics.jsonl, last.pth, model_final.pth, metrics.json and detections.png.
+An output_dir that already holds a run needs --resume (continue it) or --overwrite (start over in it).
 """
 import argparse
 
@@ -11,10 +12,14 @@ from detkit.config import load_config
 
 
 def main(args: argparse.Namespace) -> int:
-    from detkit.engine.workflow import train  # heavy imports after argument parsing
+    cfg = load_config(args.config, args.overrides)  # a bad config fails before the heavy imports
+    if args.check_data:
+        from detkit.data.check import check_config_data
 
-    cfg = load_config(args.config, args.overrides)
-    train(cfg, resume=args.resume, progress=not args.no_progress)
+        return check_config_data(cfg)
+    from detkit.engine.workflow import train
+
+    train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     return 0
 
 
@@ -23,6 +28,11 @@ if __name__ == "__main__":
     parser.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. solver.max_iter=100")
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pth")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an output_dir that holds a run (its run files are deleted)")
+    parser.add_argument("--check-data", action="store_true",
+                        help="decode every image and check every annotation of both splits, list all problems, "
+                             "and exit (status 1 when there are problems)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     add_common_args(parser)
     run(main, parser)

@@ -68,7 +68,7 @@ def run_detkit(config: str, root: str, out: str, iters: int, batch: int, min_siz
                                f"solver.batch_size={batch}", f"input.min_size={min_size}",
                                f"input.max_size={int(min_size * 4 / 3)}", f"threads={threads}",
                                f"solver.checkpoint_period={iters}", *overrides])
-    metrics = train(cfg, resume=False, progress=False)
+    metrics = train(cfg, resume=False, progress=False, overwrite=True)  # a benchmark always starts afresh
     records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     records = [r for r in records if "img_per_s" in r]
     seconds = sum(r["time"] * cfg.solver.log_period for r in records[:-1])

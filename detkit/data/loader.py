@@ -7,7 +7,10 @@ the seed drives that sample's augmentation, so batch k is a pure function of (se
 
 from __future__ import annotations
 
+import functools
+import os
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from detkit.data.image_io import max_image_pixels, set_max_image_pixels
 from detkit.errors import DetkitError
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
@@ -88,8 +92,23 @@ class _KeyedDataset(Dataset):
         return self.dataset.get(index, seed=seed)
 
 
-def _worker_init(worker_id: int) -> None:
-    """Seed a worker's stray RNGs from its torch seed and keep it to one thread on shared CPUs."""
+def _exit_quietly(signum: int, frame: Any) -> None:
+    """A loader worker's SIGTERM handler: exit with status 0, which the parent's DataLoader does not report."""
+    os._exit(0)
+
+
+def _worker_init(worker_id: int, max_pixels: int | None = None) -> None:
+    """Seed a worker's stray RNGs, keep it to one thread, apply the pixel cap, and leave SIGINT/SIGTERM to the parent.
+
+    A job scheduler (Slurm, systemd, docker stop, `timeout`) signals the whole process group; a worker killed by
+    the signal made the parent raise "DataLoader worker ... killed by signal" in the middle of an iteration, before
+    the trainer could save. Here a worker ignores SIGINT and exits with status 0 on SIGTERM, so the parent notices
+    at most an empty queue (which the trainer treats as the stop it asked for) and still exits cleanly when
+    multiprocessing terminates leftover workers at interpreter exit.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    set_max_image_pixels(max_pixels)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
@@ -115,9 +134,21 @@ def build_train_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 
     # DataLoader draws its worker base seed from this generator, never from the global torch RNG.
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(_KeyedDataset(dataset), batch_sampler=stream, num_workers=num_workers,
-                        collate_fn=collate, pin_memory=pin_memory, worker_init_fn=_worker_init,
+                        collate_fn=collate, pin_memory=pin_memory,
+                        worker_init_fn=functools.partial(_worker_init, max_pixels=max_image_pixels()),
                         generator=generator, persistent_workers=False)
-    return iter(loader)
+    return _reporting_worker_deaths(iter(loader))
+
+
+def _reporting_worker_deaths(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Yield the loader's batches; a worker killed from outside becomes one DetkitError instead of a traceback."""
+    try:
+        yield from batches
+    except RuntimeError as error:
+        if "DataLoader worker (pid" not in str(error):  # not "Caught ... in DataLoader worker process"
+            raise
+        raise DetkitError(f"{str(error).splitlines()[0]}: a signal to the workers alone, or the out-of-memory "
+                          "killer, stopped them (lower data.num_workers if memory is short).") from error
 
 
 def build_test_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 2,
@@ -125,5 +156,6 @@ def build_test_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 
     """Finite loader over the dataset in index order (no shuffling), yielding (images, targets) batches."""
     if batch_size <= 0:
         raise DetkitError(f"batch_size must be positive, got {batch_size}.")
+    init = functools.partial(_worker_init, max_pixels=max_image_pixels())
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
-                      pin_memory=pin_memory, worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(0))
+                      pin_memory=pin_memory, worker_init_fn=init, generator=torch.Generator().manual_seed(0))

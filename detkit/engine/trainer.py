@@ -3,7 +3,14 @@
 Names: N images per batch, each a CHW float tensor; a target is a dict with `boxes` (M, 4) float32 x1,y1,x2,y2 in
 absolute pixels, `labels` (M,) int64 (background = 0), `ignore` (M,) bool and `image_id`. `iteration` counts
 completed optimizer steps, so `last.pth` at iteration k resumes with the (k+1)-th step.
-Files under `output_dir`: `last.pth` (full training state), `model_final.pth` (model state_dict), `metrics.jsonl`.
+Files under `output_dir`: `last.pth` (full training state), `model_final.pth` (model state_dict), `metrics.jsonl`;
+`last.prev.pth` (the checkpoint before `last.pth`, kept until the next iteration's loss proves `last.pth` finite)
+and `last.diverged.pth` (a checkpoint set aside because the loss after it was not finite).
+
+What survives what: SIGINT/SIGTERM stop at the end of the current iteration and save `last.pth`; any other error
+after training started saves `last.pth` of the last completed iteration (RNG streams as they were then, so
+`--resume` stays exact) before it propagates; a non-finite loss saves nothing and puts back the last checkpoint
+whose following loss was finite.
 """
 from __future__ import annotations
 
@@ -27,8 +34,10 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint, unwrap_model
+from detkit.engine.checkpoint import (atomic_torch_save, load_checkpoint, rng_state, save_checkpoint,
+                                      set_rng_state, unwrap_model)
 from detkit.engine.metrics import MetricsWriter, ThroughputMeter, to_json
+from detkit.engine.run_dir import exclusive_run, link_or_copy, remove_stale_temporaries, stored_config
 from detkit.errors import DetkitError
 
 logger = logging.getLogger(__name__)
@@ -95,17 +104,30 @@ class Trainer:
         self.config = config
         self.progress = progress
         self._stop_signal: int | None = None
+        self._unproven = False  # last.pth was saved after the last loss known to be finite
 
     @property
     def last_checkpoint(self) -> Path:
         """Path of the resumable checkpoint."""
         return self.output_dir / "last.pth"
 
+    @property
+    def previous_checkpoint(self) -> Path:
+        """The checkpoint before last.pth, kept until the loss after last.pth proves finite."""
+        return self.output_dir / "last.prev.pth"
+
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Run iterations up to max_iter (continuing from last.pth when `resume`); return throughput and final loss."""
         is_main = _is_main_process()
-        if is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if not is_main:
+            return self._train(resume, is_main)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_run(self.output_dir):
+            remove_stale_temporaries(self.output_dir)
+            return self._train(resume, is_main)
+
+    def _train(self, resume: bool, is_main: bool) -> dict[str, Any]:
+        """train() once the output folder is this run's alone."""
         start_iter, final_loss = self._resume() if resume else (0, math.nan)
         if start_iter >= self.max_iter:
             logger.info("%s is at iteration %d >= max_iter %d; nothing to train.",
@@ -129,14 +151,20 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
         if is_main:
+            self.previous_checkpoint.unlink(missing_ok=True)  # the run finished: last.pth stands
             self._save_final_model()
         return result
 
     def _resume(self) -> tuple[int, float]:
-        """Restore the full training state from last.pth; return (iteration, loss at that iteration)."""
+        """Restore the full training state from last.pth; return (iteration, loss at that iteration).
+
+        The optimizer's hyperparameters (base lr, momentum, weight decay, ...) stay those it was built with, so a
+        changed solver config is used from here on; unchanged ones equal the saved values and resume exactly.
+        """
         if not self.last_checkpoint.is_file():
             logger.info("No checkpoint at %s; training from scratch.", self.last_checkpoint)
             return 0, math.nan
+        built = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         state = load_checkpoint(
             self.last_checkpoint,
             model=self.model,
@@ -145,12 +173,55 @@ class Trainer:
             scaler=self.scaler if self.scaler.is_enabled() else None,
             restore_rng=True,
         )
+        self._keep_built_hyperparameters(built)
         iteration = int(state["iteration"])
         logger.info("Resuming from %s at iteration %d.", self.last_checkpoint, iteration)
         return iteration, float((state.get("extra") or {}).get("loss", math.nan))
 
+    def _keep_built_hyperparameters(self, built: list[dict[str, Any]]) -> None:
+        """Put back the hyperparameters the optimizer was built with over those loaded from the checkpoint, and the
+        lr the (possibly changed) schedule gives at the loaded iteration; unchanged settings give the same values."""
+        for index, (group, own) in enumerate(zip(self.optimizer.param_groups, built)):
+            for key, value in own.items():
+                if key == "lr" or group.get(key) == value:
+                    continue
+                if key == "initial_lr":  # the schedule's base: rescale the current (scheduled) lr with it
+                    group["lr"] = group["lr"] * value / group["initial_lr"]
+                logger.info("Optimizer group %d: %s %s from the config (the checkpoint had %s).",
+                            index, key, value, group.get(key))
+                group[key] = value
+        scheduler = self.lr_scheduler
+        if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+            scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+            for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)  # as LambdaLR.get_lr computes it
+            scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
     def _loop(self, start_iter: int, metrics: MetricsWriter | None, bar: tqdm) -> dict[str, Any]:
-        """Run the iterations from start_iter and return the summary."""
+        """Run the iterations from start_iter and return the summary; on an error save what can be saved first."""
+        self._unproven = self.previous_checkpoint.is_file()
+        progress = {"iteration": start_iter, "saved": start_iter, "rng": rng_state(), "loss": math.nan}
+        try:
+            return self._iterate(start_iter, metrics, bar, progress)
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error} {self._set_aside_unproven(progress['saved'])}") from None
+        except Exception:
+            iteration = progress["iteration"]
+            if iteration > progress["saved"] and _is_main_process():
+                set_rng_state(progress["rng"])  # as at the end of that iteration: the resume stays exact
+                try:
+                    self._save_last(iteration, progress["loss"])
+                except Exception as save_error:  # e.g. the disk is full: report the first error, not this one
+                    logger.warning("Error after iteration %d, and %s could not be saved (%s).",
+                                   iteration, self.last_checkpoint, save_error)
+                else:
+                    logger.warning("Error after iteration %d: %s saved; once fixed, --resume continues from "
+                                   "iteration %d.", iteration, self.last_checkpoint, iteration)
+            raise
+
+    def _iterate(self, start_iter: int, metrics: MetricsWriter | None, bar: tqdm,
+                 progress: dict[str, Any]) -> dict[str, Any]:
+        """The iterations; `progress` tracks the last completed iteration, the last saved one and the RNG state."""
         with _isolated_rng(self.device):
             data = self.loader_factory(start_iter)
         meter = ThroughputMeter(skip=min(THROUGHPUT_WARMUP_ITERS, (self.max_iter - start_iter) // 2))
@@ -169,9 +240,13 @@ class Trainer:
                 break  # the signal also stopped the loader's workers; the state is still that of `iteration`
             lr = self.optimizer.param_groups[0]["lr"]
             losses = self._step(images, targets, iteration + 1)
+            if self._unproven:  # this loss was computed from the weights in last.pth, and it is finite
+                self.previous_checkpoint.unlink(missing_ok=True)
+                self._unproven = False
             iteration += 1
             meter.add(len(images), time.perf_counter() - tic)
             loss = sum(losses.values())
+            progress.update(iteration=iteration, rng=rng_state(), loss=loss)
             for key, value in {**losses, "total_loss": loss}.items():
                 window[key] = window.get(key, 0.0) + value
             if iteration % self.log_period == 0 or iteration == self.max_iter:
@@ -184,12 +259,14 @@ class Trainer:
                 eval_result = self._evaluate(iteration, metrics)
             if iteration % self.checkpoint_period == 0 or iteration == self.max_iter:
                 self._save_last(iteration, loss)
+                progress["saved"] = iteration
             if self._stop_signal is not None:
                 break
         if self._stop_signal is not None:
-            self._save_last(iteration, loss)
-            logger.info("Stopped by signal %d at iteration %d; %s saved.",
-                        self._stop_signal, iteration, self.last_checkpoint)
+            if progress["saved"] != iteration:
+                self._save_last(iteration, loss)
+            logger.warning("Stopped by signal %d after iteration %d: %s saved; --resume continues from there.",
+                           self._stop_signal, iteration, self.last_checkpoint)
             if self._stop_signal == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(128 + self._stop_signal)
@@ -200,6 +277,22 @@ class Trainer:
             "final_loss": loss,
             **eval_result,
         }
+
+    def _set_aside_unproven(self, saved: int) -> str:
+        """After a non-finite loss: move an unproven last.pth aside, put back the previous one; say what is left."""
+        if not _is_main_process():
+            return ""
+        if self._unproven and self.last_checkpoint.is_file():
+            aside = self.output_dir / "last.diverged.pth"
+            os.replace(self.last_checkpoint, aside)
+            if self.previous_checkpoint.is_file():
+                os.replace(self.previous_checkpoint, self.last_checkpoint)
+            self._unproven = False
+            logger.warning("The checkpoint of iteration %d led to a non-finite loss; moved it to %s.", saved, aside)
+        if not self.last_checkpoint.is_file():
+            return "No checkpoint with a finite loss after it is left; --resume would start from scratch."
+        kept = stored_config(self.last_checkpoint)[1]
+        return f"{self.last_checkpoint} holds iteration {kept}; --resume continues from there."
 
     def _step(self, images: list[torch.Tensor], targets: list[dict[str, Any]], iteration: int) -> dict[str, float]:
         """Run one forward/backward/optimizer step; return the loss values."""
@@ -251,9 +344,12 @@ class Trainer:
             )
 
     def _save_last(self, iteration: int, loss: float) -> None:
-        """Save the resumable training state to last.pth (main process only)."""
+        """Save the resumable training state to last.pth (main process only), keeping a proven one as last.prev.pth."""
         if not _is_main_process():
             return
+        if self.last_checkpoint.is_file() and not self._unproven:
+            link_or_copy(self.last_checkpoint, self.previous_checkpoint)
+        self._unproven = True
         save_checkpoint(
             self.last_checkpoint,
             model=unwrap_model(self.model),

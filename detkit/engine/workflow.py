@@ -17,9 +17,11 @@ from tqdm import tqdm
 
 from detkit.config import Config, config_to_dict, save_config
 from detkit.data import build_dataset
+from detkit.data.image_io import set_max_image_pixels
 from detkit.data.loader import build_test_loader, build_train_loader
 from detkit.data.transforms import build_transforms
 from detkit.engine.checkpoint import load_model_weights
+from detkit.engine import run_dir
 from detkit.engine.solver import build_lr_scheduler, build_optimizer
 from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
@@ -38,10 +40,11 @@ def setup(cfg: Config, make_output_dir: bool = True) -> torch.device:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ops.set_backend(cfg.ops.backend)
+    set_max_image_pixels(cfg.data.max_image_pixels)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise DetkitError("config key 'device' is 'cuda' but no CUDA device is available (use device=auto or cpu)")
     if make_output_dir:
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        run_dir.make_output_dir(cfg.output_dir)
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
@@ -114,13 +117,20 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: 
     return metrics, results
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict[str, float]:
-    """Trains the config's detector, evaluates it on data.test and writes metrics.json; returns the metrics."""
+def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, float]:
+    """Trains the config's detector, evaluates it on data.test and writes metrics.json; returns the metrics.
+
+    A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before anything
+    is written, other changes are warned about and recorded (detkit.engine.run_dir).
+    """
+    run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
     device = setup(cfg)
     train_set = build_split(cfg, "train")
     test_set = build_split(cfg, "test")
     if cfg.model.class_names is None:
         cfg.model.class_names = list(train_set.classes)
+    changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
+    run_dir.record_config_changes(cfg.output_dir, changes)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
     model = build_model(cfg, num_classes=len(cfg.model.class_names))
     s = cfg.solver

@@ -1,0 +1,226 @@
+"""Guards for a training run's output folder: no silent reuse, no run over a file, no stale temporary files, and a
+resume that refuses a changed model and records every other changed key before anything is written.
+
+Files of a run (under `output_dir`): see RUN_FILES; `config_changes.jsonl` holds one line per resume that changed
+the config: {"iteration": k, "changes": {"dotted.key": [old, new], ...}}.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from detkit.errors import DetkitError
+
+logger = logging.getLogger(__name__)
+
+# Everything tools/train.py writes into output_dir; --overwrite removes exactly these (and nothing else).
+RUN_FILES = ("last.pth", "last.prev.pth", "last.diverged.pth", "model_final.pth", "metrics.jsonl", "metrics.json",
+             "config.yaml", "config_changes.jsonl", "detections_test.json", "detections.png")
+# The files whose presence means a training run already used the folder.
+_RUN_MARKERS = ("last.pth", "model_final.pth", "metrics.jsonl", "config.yaml")
+# Temporary names detkit's atomic writers use: `.NAME.RANDOM.tmp` (checkpoint.atomic_torch_save) and `NAME.tmp`.
+_TEMP_PATTERN = re.compile(r"^(\.(last|last\.prev|model_final)\.pth\..+\.tmp|[\w.]+\.(json|jsonl|yaml)\.tmp)$")
+CHANGES_FILE = "config_changes.jsonl"
+
+
+def check_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
+    """Raise a DetkitError when `path` or a folder above it is an existing file; return it as a Path."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            where = "is" if candidate == path else f"lies under {candidate}, which is"
+            raise DetkitError(f"{key} {path} {where} a file, not a folder; choose another {key}.")
+    return path
+
+
+def check_not_a_run(path: str | os.PathLike, key: str) -> Path:
+    """Refuse a folder of a training run as the output of evaluation or inference (it would replace config.yaml)."""
+    path = check_output_dir(path, key)
+    if any((path / name).exists() for name in ("last.pth", "metrics.jsonl")):
+        raise DetkitError(f"{key} {path} holds a training run, whose config.yaml and metrics this would replace; "
+                          f"write beside it, e.g. {key} {path / 'eval'}")
+    return path
+
+
+def make_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
+    """Create the folder `path` (and its parents), turning an operating-system refusal into one DetkitError."""
+    path = check_output_dir(path, key)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DetkitError(f"cannot create {key} {path}: {error.strerror or error}.") from None
+    return path
+
+
+def prepare_output_dir(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> Path:
+    """Check a training output folder before anything is written: refuse to reuse a run's folder silently.
+
+    A folder holding a run (last.pth, model_final.pth, metrics.jsonl or config.yaml) needs `resume` (continue it)
+    or `overwrite` (its run files are removed now, other files stay). Nothing is created or removed on refusal.
+    The folder is then locked for this process (lock_output_dir).
+    """
+    path = check_output_dir(path)
+    if resume and overwrite:
+        raise DetkitError("--resume and --overwrite contradict each other; pass one of them.")
+    found = [name for name in _RUN_MARKERS if (path / name).exists()] if path.is_dir() else []
+    if found and not resume and not overwrite:
+        raise DetkitError(f"output_dir {path} already holds a run ({', '.join(found)}); pass --resume to continue "
+                          "it, --overwrite to start over in it, or choose another output_dir.")
+    make_output_dir(path)
+    lock_output_dir(path)  # held until the process ends: no second run, and no removal under a live one
+    if overwrite:
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+        for events in path.glob("events.out.tfevents.*"):
+            events.unlink()
+    return path
+
+
+def remove_stale_temporaries(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporary files an interrupted save of this run left in `output_dir`; return what was removed."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if _TEMP_PATTERN.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    if removed:
+        logger.info("Removed %d temporary file(s) left by an interrupted save in %s.", len(removed), folder)
+    return removed
+
+
+_HELD: dict[str, Any] = {}  # output folders whose lock this process holds: resolved path -> open lock file
+
+
+def lock_output_dir(output_dir: str | os.PathLike) -> None:
+    """Take the advisory lock <output_dir>/.lock for this process (until release or exit); refuse a second run.
+
+    This is what makes a temporary file "stale" (no live run can be writing it) and keeps a requeued job from
+    training into the folder of one still running. Where the file system has no flock, runs go on unlocked.
+    """
+    import fcntl  # POSIX only, as are the signals the trainer handles
+
+    key = str(Path(output_dir).resolve())
+    if key in _HELD:
+        return
+    path = Path(output_dir) / ".lock"
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.close()
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise DetkitError(f"another process is training in {output_dir} (it holds {path}); wait for it to "
+                              "end, or choose another output_dir.") from None
+        return  # no flock on this file system
+    _HELD[key] = handle
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    """Give back the lock lock_output_dir took (nothing when this process does not hold it)."""
+    handle = _HELD.pop(str(Path(output_dir).resolve()), None)
+    if handle is not None:
+        handle.close()
+
+
+@contextlib.contextmanager
+def exclusive_run(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the output folder's lock for a block (or keep holding it, when this process already does)."""
+    held = str(Path(output_dir).resolve()) in _HELD
+    lock_output_dir(output_dir)
+    try:
+        yield
+    finally:
+        if not held:
+            release_output_dir(output_dir)
+
+
+def stored_config(checkpoint: str | os.PathLike) -> tuple[dict | None, int]:
+    """The config and iteration stored in a detkit checkpoint, read without loading its tensors into memory."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # a corrupt or foreign file: one line naming it
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DetkitError(f"{checkpoint} cannot be read to resume from ({reason}).") from None
+    if not isinstance(state, dict) or "iteration" not in state:
+        raise DetkitError(f"{checkpoint} is not a detkit checkpoint; it cannot be resumed.")
+    return state.get("config"), int(state["iteration"])
+
+
+def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose value differs between two config dicts, as {key: (saved, current)}."""
+    old, new = _flatten(saved), _flatten(current)
+    return {key: (old[key], new[key]) for key in sorted(old.keys() & new.keys()) if old[key] != new[key]}
+
+
+def check_resume_config(output_dir: str | os.PathLike, current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Compare the config about to resume with the one in <output_dir>/last.pth; writes nothing.
+
+    A changed `model.*` key is refused (the saved weights belong to the saved model). Any other change is honoured
+    by the new run (the optimizer's lr, momentum and weight decay included: see Trainer), warned about here, and
+    returned for `record_config_changes`. `output_dir` itself may change (a moved run folder) without a warning.
+    """
+    checkpoint = Path(output_dir) / "last.pth"
+    if not checkpoint.is_file():
+        return {}
+    saved, iteration = stored_config(checkpoint)
+    if saved is None:
+        return {}
+    changes = config_changes(saved, current)
+    changes.pop("output_dir", None)
+    model = [f"{k} ({_short(a)} -> {_short(b)})" for k, (a, b) in changes.items() if k.startswith("model.")]
+    if model:
+        raise DetkitError(f"--resume cannot change the model of {checkpoint} (iteration {iteration}): "
+                          f"{', '.join(model)}; drop these overrides, or start a new run in another output_dir.")
+    for key, (before, after) in changes.items():
+        logger.warning("--resume: %s changes from %s to %s; used from iteration %d on (recorded in %s).",
+                       key, _short(before), _short(after), iteration, CHANGES_FILE)
+    return changes
+
+
+def record_config_changes(output_dir: str | os.PathLike, changes: Mapping[str, tuple[Any, Any]]) -> None:
+    """Append the changes a resume made to <output_dir>/config_changes.jsonl (nothing when there are none)."""
+    if not changes:
+        return
+    checkpoint = Path(output_dir) / "last.pth"
+    iteration = stored_config(checkpoint)[1] if checkpoint.is_file() else 0
+    line = {"iteration": iteration, "changes": {k: [a, b] for k, (a, b) in changes.items()}}
+    with open(Path(output_dir) / CHANGES_FILE, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make `target` the same file as `source` (a hard link, or a copy where links fail), replacing it atomically."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
