@@ -88,8 +88,8 @@ def test_a_killed_run_resumes_to_the_same_weights_as_a_straight_run(tmp_path, de
     stopped_at = torch.load(resumed / "last.pth", weights_only=False)["iteration"]
     assert 1 <= stopped_at < 4 and not (resumed / "model_final.pth").exists()
     run_tool("train.py", *common[1:], f"output_dir={resumed}", "--resume", cwd=tmp_path)
-    straight = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)
-    final = torch.load(resumed / "model_final.pth", weights_only=True)
+    straight = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)["model"]
+    final = torch.load(resumed / "model_final.pth", weights_only=True)["model"]
     for key, value in straight.items():
         torch.testing.assert_close(final[key], value, atol=1e-6, rtol=0, msg=key)
 

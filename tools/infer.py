@@ -20,7 +20,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from detkit.data.image_io import collect_images, read_image, to_tensor
-    from detkit.engine.workflow import load_trained, setup
+    from detkit.engine.workflow import class_list, load_trained, setup
     from detkit.visualize import draw_detections, save_image
 
     config = Path(args.config) if args.config else DEFAULT_RUN / "config.yaml"
@@ -30,8 +30,9 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(config)
     weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
     device = setup(cfg, make_output_dir=False)
-    model = load_trained(cfg, weights).to(device)
-    names = cfg.model.class_names or [str(k) for k in range(1, cfg.model.num_classes + 1)]
+    model = load_trained(cfg, weights).to(device)  # the class names and ids the weights were trained with
+    classes = class_list(cfg)
+    names, category_ids = list(classes.names), classes.label_to_category_id
     out = Path(args.out)
     results = []
     for image_id, path in enumerate(tqdm(collect_images(args.inputs), desc="infer", dynamic_ncols=True), start=1):
@@ -41,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         keep = det["scores"] >= args.score_thresh
         for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
                                      det["scores"][keep].tolist()):
-            results.append({"image_id": image_id, "file_name": str(path), "category_id": label,
+            results.append({"image_id": image_id, "file_name": str(path), "category_id": category_ids[label],
                             "category": names[label - 1], "score": round(score, 5),
                             "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
                                      round(box[3] - box[1], 2)]})
