@@ -58,7 +58,8 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="infer.py", description=__doc__.split("\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
-    parser.add_argument("--config", help=f"config.yaml of a training run (default {DEFAULT_RUN}/config.yaml)")
+    parser.add_argument("--config", help=f"config.yaml of a training run, or the recipe it trained from (the weights hold the "
+                        f"class names and ids; default {DEFAULT_RUN}/config.yaml)")
     parser.add_argument("--weights", help="weights (default <output_dir>/model_final.pth of the config)")
     parser.add_argument("--out", default="outputs/infer", help="folder for detections.json and drawn images")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score to keep (default 0.5)")
