@@ -134,7 +134,7 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: 
     workers = num_workers if device.type == "cuda" else 0
     outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=workers), device)
     results = detections_to_coco(outputs, dataset.image_ids, dataset.label_to_category_id)
-    metrics = evaluate_coco(dataset.coco_gt(), results, class_names=dataset.classes)
+    metrics = evaluate_coco(dataset.coco_gt(), results)  # per-class AP named by the ground truth's ids
     if voc:
         targets = [dataset.target(i) for i in range(len(dataset))]
         voc_metrics = evaluate_voc(outputs, targets, num_classes=len(dataset.classes), class_names=dataset.classes)

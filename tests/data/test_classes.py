@@ -148,6 +148,11 @@ def test_coco_test_file_is_mapped_by_category_name_to_the_training_ids(tmp_path)
     train_set, _ = build_train_and_test(cfg)  # names from the config keep the training file's ids
     assert cfg.model.category_ids == [7, 3] and train_set.label_to_category_id == {1: 7, 2: 3}
     assert train_set.target(0)["labels"].tolist() == [1, 2]
+    # per-class AP is named by category id, not by label order: exact kites only -> kite AP 1, car AP 0
+    kite = train_set.target(0)["boxes"][:1]
+    metrics, results = evaluate(ReplayDetector([{"boxes": kite, "labels": torch.tensor([1]),
+                                                 "scores": torch.tensor([0.9])}]), train_set, torch.device("cpu"))
+    assert metrics["bbox/AP-kite"] == 1.0 and metrics["bbox/AP-car"] == 0.0 and results[0]["category_id"] == 7
     with pytest.raises(DetkitError, match="model.class_names names 'bus', which the training data .*train.json"):
         build_train_and_test(coco_config(tmp_path, "train.json", "train.json", "model.class_names=[kite,bus]"))
 
