@@ -5,6 +5,7 @@ import shutil
 import warnings
 import xml.etree.ElementTree as ET
 
+import cv2
 import pytest
 import torch
 from torch import nn
@@ -18,6 +19,16 @@ from .conftest import BCCD, write_image
 
 IMAGES = {"trainval": ["00003", "00004"], "test": ["00007", "00018"], "rbc_wbc": ["00007", "00018"],
           "with_platelets": ["00003"]}
+
+
+@pytest.fixture(autouse=True)
+def idle_opencv_pool():
+    """Stop OpenCV's worker threads after a test that decoded images in this process: a DataLoader worker forked
+    while they wait would hang in its own cv2.setNumThreads(1) (detkit.data.loader._worker_init)."""
+    threads = cv2.getNumThreads()
+    yield
+    cv2.setNumThreads(1)
+    cv2.setNumThreads(threads)
 
 
 @pytest.fixture
