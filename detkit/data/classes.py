@@ -33,8 +33,7 @@ class ClassList:
 
     def __post_init__(self) -> None:
         if not self.names:
-            raise DetkitError("the class list is empty: the training data names no classes and model.class_names "
-                              "is not set.")
+            raise DetkitError("the class list is empty: neither model.class_names nor the training data name a class.")
         if len(self.names) != len(self.category_ids):
             raise DetkitError(f"model.category_ids has {len(self.category_ids)} ids for {len(self.names)} classes "
                               f"{list(self.names)}; give one id per class.")
