@@ -24,7 +24,8 @@ __all__ = ["Config", "load_config", "config_from_dict", "config_to_dict", "save_
 
 COMMAND_LINE = "the command line"
 
-# YAML 1.1 (PyYAML) reads a float only with a dot (1.0e-4); YAML 1.2 and JSON also read 1e-4, 2E3, .5e1.
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent (1.0e-4); YAML 1.2 and JSON also read
+# 1e-4, 2E3, 1.5e3.
 # A plain decimal or scientific number, nothing else (no 'nan', 'inf', '1_000' or sexagesimal forms).
 _NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
@@ -33,8 +34,7 @@ class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader that also reads YAML 1.2 scientific notation without a dot (1e-4) as a float."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+|\.[0-9]+)[eE][-+]?[0-9]+$"),
-                              list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^{_NUMBER.pattern}$"), list("-+0123456789."))
 
 
 def load_yaml(text: str) -> Any:

@@ -65,10 +65,10 @@ def test_off_is_a_choice_not_a_boolean(tmp_path):
 def test_scientific_notation_is_a_float_in_files_and_overrides(tmp_path):
     # YAML 1.1 reads 1e-4 (no dot) as a string; detkit reads it as the float it is (YAML 1.2, JSON).
     path = tmp_path / "c.yaml"
-    path.write_text("solver:\n  base_lr: 2e-3\n  grad_clip: 1E+1\n  steps: [5e-1, .9]\n")
+    path.write_text("solver:\n  base_lr: 2e-3\n  grad_clip: 1E+1\n  steps: [5e-1, .9]\n  gamma: 1.5e1\n")
     cfg = load_config(path, ["solver.weight_decay=1e-4", "model.rpn.min_size=-1e-3"])
     assert cfg.solver.base_lr == 0.002 and isinstance(cfg.solver.base_lr, float)
-    assert cfg.solver.grad_clip == 10.0 and cfg.solver.steps == [0.5, 0.9]
+    assert cfg.solver.grad_clip == 10.0 and cfg.solver.steps == [0.5, 0.9] and cfg.solver.gamma == 15.0
     assert cfg.solver.weight_decay == 1e-4 and cfg.model.rpn.min_size == -1e-3
     assert load_config(save_config(cfg, tmp_path / "saved.yaml")) == cfg
 
