@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -24,12 +25,29 @@ __all__ = ["Config", "load_config", "config_from_dict", "config_to_dict", "save_
 
 COMMAND_LINE = "the command line"
 
+# YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent (1.0e-4); YAML 1.2 and JSON also read
+# 1e-4, 2E3, 1.5e3.
+# A plain decimal or scientific number, nothing else (no 'nan', 'inf', '1_000' or sexagesimal forms).
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads YAML 1.2 scientific notation without a dot (1e-4) as a float."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^{_NUMBER.pattern}$"), list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python values, 1e-4 read as a float (YAML 1.2), everything else as PyYAML's safe_load."""
+    return yaml.load(text, Loader=_Loader)
+
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise DetkitError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise DetkitError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -80,7 +98,7 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or not key:
             raise DetkitError(f"override {item!r} must look like key.sub=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = load_yaml(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
         node = tree
@@ -169,6 +187,8 @@ def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is type(None):
         return value is None, value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return True, float(value)  # a number written as a string (e.g. a Python dict holding "1e-4")
         return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(
             value, (int, float)) else value
     if tp is int:

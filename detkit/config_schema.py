@@ -25,6 +25,7 @@ class DataConfig:
     demo_cache: Optional[str] = None  # where the demo dataset is generated (default ~/.cache/detkit/demo)
     skip_corrupt: bool = False  # skip unreadable images with a warning instead of stopping
     max_image_pixels: Optional[int] = 89_478_485  # cap on width x height, read from the header (PIL's); null: none
+    unknown_classes: Literal["error", "ignore"] = "error"  # a class in the data not in the run's class list
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
 
@@ -119,8 +120,9 @@ class RoIHeadsConfig:
 @dataclass
 class ModelConfig:
     arch: Literal["faster_rcnn", "fast_rcnn"] = "faster_rcnn"
-    num_classes: Optional[int] = None  # foreground classes; None takes the training set's
-    class_names: Optional[list[str]] = None  # filled from the training set; kept in config.yaml for inference
+    num_classes: Optional[int] = None  # foreground classes; None takes the class list's length
+    class_names: Optional[list[str]] = None  # label k names class_names[k - 1]; None: the training set's classes
+    category_ids: Optional[list[int]] = None  # COCO category id of each class; None: the training set's (VOC: 1..K)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)

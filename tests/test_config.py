@@ -60,3 +60,23 @@ def test_off_is_a_choice_not_a_boolean(tmp_path):
     cfg = load_config(write(tmp_path / "c.yaml", {"solver": {"amp": False}}), [])
     assert cfg.solver.amp == "off"
     assert load_config(None, ["solver.amp=off"]).solver.amp == "off"
+
+
+def test_scientific_notation_is_a_float_in_files_and_overrides(tmp_path):
+    # YAML 1.1 reads 1e-4 (no dot) as a string; detkit reads it as the float it is (YAML 1.2, JSON).
+    path = tmp_path / "c.yaml"
+    path.write_text("solver:\n  base_lr: 2e-3\n  grad_clip: 1E+1\n  steps: [5e-1, .9]\n  gamma: 1.5e1\n")
+    cfg = load_config(path, ["solver.weight_decay=1e-4", "model.rpn.min_size=-1e-3"])
+    assert cfg.solver.base_lr == 0.002 and isinstance(cfg.solver.base_lr, float)
+    assert cfg.solver.grad_clip == 10.0 and cfg.solver.steps == [0.5, 0.9] and cfg.solver.gamma == 15.0
+    assert cfg.solver.weight_decay == 1e-4 and cfg.model.rpn.min_size == -1e-3
+    assert load_config(save_config(cfg, tmp_path / "saved.yaml")) == cfg
+
+
+def test_numeric_string_from_python_is_a_float_but_words_are_not():
+    from detkit.config import config_from_dict
+
+    assert config_from_dict({"solver": {"base_lr": "2e-3"}}).solver.base_lr == 0.002
+    for bad in ("1e", "e-4", "fast", "nan"):
+        with pytest.raises(DetkitError, match=f"'solver.weight_decay' in the command line must be a number, got '{bad}'"):
+            load_config(None, [f"solver.weight_decay={bad}"])

@@ -59,6 +59,23 @@ def test_eval_and_infer_use_the_trained_model(trained_run, demo_cache, tmp_path)
     assert sorted(p.name for p in out.glob("*.jpg")) == sorted(p.name for p in images)
 
 
+def test_recipe_plus_weights_is_enough_the_class_list_travels_with_the_weights(trained_run, demo_cache, tmp_path):
+    from detkit.config import load_config
+    from detkit.data import DEMO_CLASSES
+    from detkit.engine.workflow import load_trained
+
+    saved = torch.load(trained_run / "model_final.pth", weights_only=True)
+    assert saved["meta"] == {"class_names": DEMO_CLASSES, "category_ids": [1, 2, 3, 4]}
+    image = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[0]
+    out = tmp_path / "infer"
+    run_tool("infer.py", str(image), "--config", str(REPO / "configs" / "demo.yaml"), "--weights",
+             str(trained_run / "model_final.pth"), "--out", str(out), "--score-thresh", "0.0", cwd=tmp_path)
+    results = json.loads((out / "detections.json").read_text())
+    assert all(r["category"] == DEMO_CLASSES[r["category_id"] - 1] for r in results)
+    cfg = load_config(REPO / "configs" / "demo.yaml")  # a recipe without class names, and last.pth's config
+    load_trained(cfg, trained_run / "last.pth")
+    assert cfg.model.class_names == DEMO_CLASSES and cfg.model.category_ids == [1, 2, 3, 4]
+
 def test_infer_benchmark_times_the_model_and_its_torchvision_twin(trained_run, demo_cache, tmp_path):
     images = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[:2]
     proc = run_tool("benchmark.py", "infer", str(trained_run / "config.yaml"), "--images", *map(str, images),
@@ -88,8 +105,8 @@ def test_a_killed_run_resumes_to_the_same_weights_as_a_straight_run(tmp_path, de
     stopped_at = torch.load(resumed / "last.pth", weights_only=False)["iteration"]
     assert 1 <= stopped_at < 4 and not (resumed / "model_final.pth").exists()
     run_tool("train.py", *common[1:], f"output_dir={resumed}", "--resume", cwd=tmp_path)
-    straight = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)
-    final = torch.load(resumed / "model_final.pth", weights_only=True)
+    straight = torch.load(tmp_path / "straight" / "model_final.pth", weights_only=True)["model"]
+    final = torch.load(resumed / "model_final.pth", weights_only=True)["model"]
     for key, value in straight.items():
         torch.testing.assert_close(final[key], value, atol=1e-6, rtol=0, msg=key)
 

@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
 
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
-    from detkit.engine.workflow import load_trained, setup
+    from detkit.engine.workflow import class_list, load_trained, setup
     from detkit.visualize import draw_detections, save_image
 
     config = Path(args.config) if args.config else DEFAULT_RUN / "config.yaml"
@@ -39,8 +39,9 @@ def main(args: argparse.Namespace) -> int:
     make_output_dir(out, key="--out")
     weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
     device = setup(cfg, make_output_dir=False)
-    model = load_trained(cfg, weights).to(device)
-    names = cfg.model.class_names or [str(k) for k in range(1, cfg.model.num_classes + 1)]
+    model = load_trained(cfg, weights).to(device)  # the class names and ids the weights were trained with
+    classes = class_list(cfg)
+    names, category_ids = list(classes.names), classes.label_to_category_id
     results, skipped, done = [], [], 0
     try:
         for image_id, (path, drawn_path) in enumerate(
@@ -58,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
             keep = det["scores"] >= args.score_thresh
             for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
                                          det["scores"][keep].tolist()):
-                results.append({"image_id": image_id, "file_name": str(path), "category_id": label,
+                results.append({"image_id": image_id, "file_name": str(path), "category_id": category_ids[label],
                                 "category": names[label - 1], "score": round(score, 5),
                                 "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
                                          round(box[3] - box[1], 2)]})
@@ -76,7 +77,8 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="infer.py", description=__doc__.split("\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files or folders of images")
-    parser.add_argument("--config", help=f"config.yaml of a training run (default {DEFAULT_RUN}/config.yaml)")
+    parser.add_argument("--config", help=f"config.yaml of a training run, or the recipe it trained from (the weights hold the "
+                        f"class names and ids; default {DEFAULT_RUN}/config.yaml)")
     parser.add_argument("--weights", help="weights (default <output_dir>/model_final.pth of the config)")
     parser.add_argument("--out", default="outputs/infer", help="folder for detections.json and drawn images")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score to keep (default 0.5)")

@@ -54,6 +54,9 @@ def warn_dropped_boxes(source: str | Path, dropped: dict[str, int]) -> None:
 class DetectionDataset(Dataset):
     """Map-style detection dataset over parsed ImageRecords; ``ds[i] -> (image CHW float32 in [0, 1], target)``."""
 
+    # True when the annotation file numbers its categories itself (COCO); False when ids are the labels (VOC)
+    category_ids_in_file: bool = False
+
     def __init__(self, records: list[ImageRecord], classes: list[str], label_to_category_id: dict[int, int], *,
                  skip_corrupt: bool = False, transforms: Transform | None = None) -> None:
         self.records = records

@@ -7,6 +7,7 @@ VOC files store 1-based inclusive pixel indices, so a file's (xmin, ymin, xmax, 
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -30,24 +31,39 @@ def read_split(root: Path, split: str) -> list[str]:
     return ids
 
 
+def _number(path: Path, text: str | None, field: str) -> float:
+    """A finite number from an XML field's text, else a DetkitError naming the file and the field."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise DetkitError(f"VOC annotation file {path}: {field} is {text!r}, not a finite number.")
+    return value
+
+
 def _parse_xml(path: Path) -> tuple[int, int, list[tuple[str, list[float], bool]]]:
     """Return (height, width, [(class name, [xmin, ymin, xmax, ymax] as in the file, difficult)])."""
     if not path.is_file():
         raise DetkitError(f"VOC annotation file {path} does not exist.")
     try:
         root = ET.parse(path).getroot()
-        height, width = int(root.findtext("size/height", "0")), int(root.findtext("size/width", "0"))
-        objects = []
-        for obj in root.findall("object"):
-            box = obj.find("bndbox")
-            coords = [float(box.findtext(key)) for key in ("xmin", "ymin", "xmax", "ymax")]
-            difficult = obj.findtext("difficult", "0").strip() == "1"
-            objects.append((obj.findtext("name").strip(), coords, difficult))
-    except (ET.ParseError, AttributeError, TypeError, ValueError) as error:
+    except ET.ParseError as error:
         raise DetkitError(f"VOC annotation file {path} is malformed ({error}).") from error
-    if height <= 0 or width <= 0:
-        raise DetkitError(f"VOC annotation file {path} has no positive <size><width>/<height>.")
-    return height, width, objects
+    size = [_number(path, root.findtext(f"size/{key}"), f"<size><{key}>") for key in ("height", "width")]
+    if any(v <= 0 or v != int(v) for v in size):
+        raise DetkitError(f"VOC annotation file {path} has no positive whole <size><width>/<height> "
+                          f"(height {size[0]}, width {size[1]}).")
+    objects = []
+    for index, obj in enumerate(root.findall("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name or obj.find("bndbox") is None:
+            raise DetkitError(f"VOC annotation file {path}: object {index} needs a <name> and a <bndbox>.")
+        coords = [_number(path, obj.findtext(f"bndbox/{key}"), f"object {index} ({name}) <{key}>")
+                  for key in ("xmin", "ymin", "xmax", "ymax")]
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        objects.append((name, coords, difficult))
+    return int(size[0]), int(size[1]), objects
 
 
 class VOCDataset(DetectionDataset):

@@ -129,6 +129,26 @@ def load_model_weights(path: str | os.PathLike, model: nn.Module, *, strict: boo
     return _load_model_state(unwrap_model(model), state, path, strict)
 
 
+def class_meta(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The class list of a resolved config dict as weights metadata: {"class_names": [...], "category_ids": [...]}."""
+    model = (config or {}).get("model") or {}
+    if not model.get("class_names"):
+        return {}
+    return {"class_names": list(model["class_names"]), "category_ids": model.get("category_ids")}
+
+
+def read_class_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The class list stored with weights: model_final.pth's "meta", a checkpoint's config; None for a bare state_dict."""
+    loaded = _read(Path(path))
+    if not isinstance(loaded, Mapping):
+        return None
+    meta = loaded.get("meta")
+    if isinstance(meta, Mapping) and meta.get("class_names"):
+        return dict(meta)
+    config = loaded.get("config")
+    return (class_meta(config) or None) if isinstance(config, Mapping) else None
+
+
 def rng_state() -> dict[str, Any]:
     """The state of python `random`, numpy's global generator, torch CPU and all CUDA generators, as plain values."""
     np_state = np.random.get_state(legacy=False)

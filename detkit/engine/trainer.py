@@ -362,9 +362,11 @@ class Trainer:
         )
 
     def _save_final_model(self) -> None:
-        """Save the model's state_dict (on CPU) to model_final.pth atomically."""
+        """Save {"model": state_dict on CPU, "meta": the class list} to model_final.pth atomically."""
+        from detkit.engine.checkpoint import class_meta
+
         state = {k: v.detach().cpu() for k, v in unwrap_model(self.model).state_dict().items()}
-        atomic_torch_save(state, self.output_dir / "model_final.pth")
+        atomic_torch_save({"model": state, "meta": class_meta(self.config)}, self.output_dir / "model_final.pth")
 
     @contextlib.contextmanager
     def _signal_handlers(self) -> Iterator[None]:

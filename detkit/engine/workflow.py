@@ -17,11 +17,12 @@ from tqdm import tqdm
 
 from detkit.config import Config, config_to_dict, save_config
 from detkit.data import build_dataset
+from detkit.data.classes import ClassList, apply_class_list, trained_class_list, training_class_list
 from detkit.data.image_io import set_max_image_pixels
 from detkit.data.loader import build_test_loader, build_train_loader
 from detkit.data.transforms import build_transforms
-from detkit.engine.checkpoint import load_model_weights
 from detkit.engine import run_dir
+from detkit.engine.checkpoint import load_model_weights, read_class_meta
 from detkit.engine.solver import build_lr_scheduler, build_optimizer
 from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
@@ -51,12 +52,25 @@ def setup(cfg: Config, make_output_dir: bool = True) -> torch.device:
 
 
 def load_trained(cfg: Config, weights: str | Path) -> nn.Module:
-    """The config's detector with weights from a model_final.pth or a training checkpoint, in eval mode."""
-    if not cfg.model.class_names and not cfg.model.num_classes:
-        raise DetkitError("the config names no classes (model.class_names); use the config.yaml a training run wrote")
-    model = build_model(cfg, num_classes=len(cfg.model.class_names or []) or None)
+    """The config's detector with weights from a model_final.pth or a training checkpoint, in eval mode.
+
+    Fills cfg.model.class_names and category_ids with the class list stored with the weights (which the config's
+    own, when set, must equal), so the recipe plus the weights file are enough.
+    """
+    m = cfg.model
+    stored = ClassList.from_meta(read_class_meta(weights))
+    classes = trained_class_list(m.class_names, m.category_ids, m.num_classes, stored, str(weights))
+    m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
+    model = build_model(cfg, num_classes=len(classes))
     load_model_weights(weights, model)
     return model.eval()
+
+
+def class_list(cfg: Config) -> ClassList:
+    """The run's class list from a config whose model.class_names is filled (by training or load_trained)."""
+    if not cfg.model.class_names:
+        raise DetkitError("the config names no classes (model.class_names); use the config.yaml a training run wrote")
+    return ClassList.make(cfg.model.class_names, cfg.model.category_ids)
 
 
 def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device, path: Path,
@@ -76,14 +90,29 @@ def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device,
     return path
 
 
-def build_split(cfg: Config, split: str) -> Any:
-    """The train or test dataset of a config (training augmentation on the train split only)."""
+def build_split(cfg: Config, split: str, classes: ClassList | None = None) -> Any:
+    """The train or test dataset of a config (training augmentation on the train split only), its labels
+    renumbered to the class list when one is given."""
     d = getattr(cfg.data, split)
     train = split == "train"
     transforms = build_transforms(train=True, min_size=cfg.input.min_size, max_size=cfg.input.max_size,
                                   flip_prob=cfg.input.flip_prob, color_jitter=cfg.input.color_jitter) if train else None
-    return build_dataset(d.format, d.root, d.split, d.ann_file, train=train, transforms=transforms,
-                         skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
+    dataset = build_dataset(d.format, d.root, d.split, d.ann_file, train=train, transforms=transforms,
+                            skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
+    if classes is not None:
+        apply_class_list(dataset, classes, cfg.data.unknown_classes, where=f"data.{split}")
+    return dataset
+
+
+def build_train_and_test(cfg: Config) -> tuple[Any, Any]:
+    """Both splits of a training run under one class list (the config's, else the training set's), written
+    into cfg.model.class_names / category_ids; a class or class count that does not fit is a DetkitError."""
+    m = cfg.model
+    train_set = build_split(cfg, "train")
+    classes = training_class_list(m.class_names, m.category_ids, m.num_classes, train_set)
+    apply_class_list(train_set, classes, cfg.data.unknown_classes, where="data.train")
+    m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
+    return train_set, build_split(cfg, "test", classes)
 
 
 @torch.no_grad()
@@ -108,7 +137,7 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: 
     workers = num_workers if device.type == "cuda" else 0
     outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=workers), device)
     results = detections_to_coco(outputs, dataset.image_ids, dataset.label_to_category_id)
-    metrics = evaluate_coco(dataset.coco_gt(), results, class_names=dataset.classes)
+    metrics = evaluate_coco(dataset.coco_gt(), results)  # per-class AP named by the ground truth's ids
     if voc:
         targets = [dataset.target(i) for i in range(len(dataset))]
         voc_metrics = evaluate_voc(outputs, targets, num_classes=len(dataset.classes), class_names=dataset.classes)
@@ -125,10 +154,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     """
     run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
     device = setup(cfg)
-    train_set = build_split(cfg, "train")
-    test_set = build_split(cfg, "test")
-    if cfg.model.class_names is None:
-        cfg.model.class_names = list(train_set.classes)
+    train_set, test_set = build_train_and_test(cfg)
     changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
     run_dir.record_config_changes(cfg.output_dir, changes)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")

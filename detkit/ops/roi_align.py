@@ -5,6 +5,10 @@ N images, C channels, H x W feature map, R RoIs, oh x ow output bins. rois are T
 the feature map. Paths: Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1), gradient for features and
 boxes; torchvision.ops.roi_align, gradient for features only; `roi_align_torch`, a pure-PyTorch version
 used instead of torchvision when the boxes require grad, gradient for both.
+
+Precision (every path, as torchvision's autocast kernels do): sampling and averaging run in float32 (float64 for
+float64 input) whatever the input dtype and whether or not autocast is on; the result comes back in the input's
+dtype. Half-precision features are upcast for torchvision (its CPU kernel accumulates float16 in float16).
 """
 from __future__ import annotations
 
@@ -87,9 +91,7 @@ def roi_align_reference(
 
 
 def torchvision_dtype(input: Tensor, rois: Tensor) -> torch.dtype:
-    """Return the dtype for torchvision's RoI kernels: input's, else float32 / float64 (mixed dtypes, CPU bf16)."""
-    if rois.dtype == input.dtype and not (input.dtype == torch.bfloat16 and not input.is_cuda):
-        return input.dtype
+    """Return the dtype for torchvision's RoI kernels: float32, or float64 when input or rois are float64."""
     return torch.promote_types(torch.promote_types(rois.dtype, input.dtype), torch.float32)
 
 
@@ -121,6 +123,14 @@ def roi_align_torch(
     input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool
 ) -> Tensor:
     """Return RoIAlign in pure PyTorch, differentiable w.r.t. input and rois (torchvision's formula, separable)."""
+    # torchvision's autocast policy: RoIAlign runs in float32 even inside autocast (the einsum would drop to bf16).
+    with torch.autocast(input.device.type, enabled=False):
+        return _roi_align_torch(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+def _roi_align_torch(
+    input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> Tensor:
     oh, ow = output_size
     n, c, h, w = input.shape
     r = rois.shape[0]

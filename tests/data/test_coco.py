@@ -56,3 +56,47 @@ def test_malformed_json_is_reported_by_file(tmp_path, tiny_coco):
     bad.write_text(json.dumps(data))
     with pytest.raises(DetkitError, match="bad.json.*annotation id 1"):
         COCODataset(tiny_coco[0], bad)
+
+
+def rewrite(ann_file, edit):
+    data = json.loads(ann_file.read_text())
+    edit(data)
+    ann_file.write_text(json.dumps(data))
+
+
+def test_two_images_with_one_id_is_an_error_naming_file_id_and_field(tiny_coco):
+    # before: the second image silently took the first one's boxes
+    rewrite(tiny_coco[1], lambda d: d["images"][1].update(id=11))
+    with pytest.raises(DetkitError) as error:
+        COCODataset(*tiny_coco)
+    assert str(error.value) == (f"COCO annotation file {tiny_coco[1]}: image id 11 appears twice in 'images' "
+                                "(images[0] and images[1], field 'id'); image ids must be unique.")
+
+
+@pytest.mark.parametrize("value,shown", [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf")])
+def test_non_finite_bbox_is_an_error_naming_file_annotation_and_field(tiny_coco, value, shown):
+    text = tiny_coco[1].read_text().replace('"bbox": [1, 2, 10, 5]', f'"bbox": [1, {value}, 10, 5]')
+    tiny_coco[1].write_text(text)  # json.loads reads NaN / Infinity, as Python's json.dumps writes them
+    with pytest.raises(DetkitError) as error:
+        COCODataset(*tiny_coco)
+    assert str(error.value) == (f"COCO annotation file {tiny_coco[1]}: annotation id 1 has a non-finite 'bbox' "
+                                f"[1.0, {shown}, 10.0, 5.0].")
+
+
+def test_non_finite_area_and_repeated_category_names_are_errors(tiny_coco):
+    rewrite(tiny_coco[1], lambda d: d["annotations"][0].update(area=float("nan")))
+    with pytest.raises(DetkitError, match="annotation id 1 has a non-finite 'area' nan"):
+        COCODataset(*tiny_coco)
+    rewrite(tiny_coco[1], lambda d: (d["annotations"][0].update(area=1.0), d["categories"][0].update(name="car")))
+    with pytest.raises(DetkitError, match=r"categories \[3, 7\] share the 'name' 'car'"):
+        COCODataset(*tiny_coco)
+
+
+@pytest.mark.parametrize("field", ["height", "width"])
+@pytest.mark.parametrize("value", [0, -20])
+def test_image_with_non_positive_size_is_an_error_not_a_zero_division(tiny_coco, field, value):
+    rewrite(tiny_coco[1], lambda d: d["images"][1].update({field: value}))
+    with pytest.raises(DetkitError) as error:
+        COCODataset(*tiny_coco)
+    assert str(error.value) == (f"COCO annotation file {tiny_coco[1]}: image id 5 (y.jpg) has '{field}' {value}; "
+                                "it must be a positive number of pixels.")

@@ -62,3 +62,21 @@ def test_missing_split_and_broken_xml_are_reported_by_file(tiny_voc):
     (tiny_voc / "Annotations" / "b.xml").write_text(voc_xml(32, 24, [])[:-5])
     with pytest.raises(DetkitError, match="b.xml"):
         VOCDataset(tiny_voc, "train")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "abc", ""])
+def test_coordinate_that_is_not_a_finite_number_names_file_object_and_field(tiny_voc, value):
+    xml = voc_xml(32, 24, [("cat", (3, 4, 24, 32), 0)]).replace("<ymax>32</ymax>", f"<ymax>{value}</ymax>")
+    (tiny_voc / "Annotations" / "b.xml").write_text(xml)
+    with pytest.raises(DetkitError) as error:
+        VOCDataset(tiny_voc, "train")
+    assert str(error.value) == (f"VOC annotation file {tiny_voc / 'Annotations' / 'b.xml'}: object 0 (cat) <ymax> is "
+                                f"{value!r}, not a finite number.")
+
+
+@pytest.mark.parametrize("size", ["0", "-5", "nan", "24.5"])
+def test_image_size_that_is_not_a_positive_whole_number_is_an_error(tiny_voc, size):
+    xml = voc_xml(32, 24, [("cat", (3, 4, 24, 32), 0)]).replace("<width>24</width>", f"<width>{size}</width>")
+    (tiny_voc / "Annotations" / "b.xml").write_text(xml)
+    with pytest.raises(DetkitError, match="b.xml"):
+        VOCDataset(tiny_voc, "train")

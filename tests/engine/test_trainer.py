@@ -198,7 +198,9 @@ def test_resume_keeps_metrics_up_to_the_checkpoint_without_duplicates(tmp_path):
 def test_model_final_holds_the_trained_state_dict(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.train()
-    state = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert saved["meta"] == {}  # no config, no class list; a training run's holds its class names and ids
+    state = saved["model"]
     fresh = TinyDetector()
     fresh.load_state_dict(state)
     assert_same_parameters(trainer.model, fresh)

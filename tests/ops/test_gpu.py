@@ -115,3 +115,15 @@ def test_multi_level_matches_multiscale_roi_align():
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
     out = multi_level_roi_align(list(feats.values()), rois, fpn_levels(rois[:, 1:], 2, 5), 7, scales, 2, False)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torchvision"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_nms_keeps_the_float32_indices_on_cuda(monkeypatch, backend, dtype):
+    # float16 areas of 3400 px boxes overflow: computed in half, every IoU would be NaN and all boxes kept
+    monkeypatch.setenv("DETKIT_OPS", backend)
+    boxes = torch.tensor([[0.0, 0.0, 3400.0, 3400.0], [100.0, 100.0, 3400.0, 3400.0], [0.0, 0.0, 3000.0, 3300.0]],
+                         device="cuda", dtype=dtype)
+    scores = torch.tensor([0.9, 0.8, 0.7], device="cuda", dtype=dtype)
+    assert nms(boxes, scores, 0.5).tolist() == [0]
+    assert batched_nms(boxes, scores, torch.tensor([0, 0, 1], device="cuda"), 0.5).tolist() == [0, 2]
