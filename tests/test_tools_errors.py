@@ -2,6 +2,8 @@
 import json
 import os
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -52,6 +54,7 @@ def test_eval_and_infer_reject_weights_without_a_class_list(tmp_path):
     proc = run_tool("eval.py", recipe, "--weights", str(tmp_path / "missing.pth"), f"output_dir={tmp_path}",
                     cwd=tmp_path, check=False)
     assert_one_line_error(proc, "missing.pth does not exist")
+    cv2.imwrite(str(tmp_path / "x.jpg"), np.zeros((8, 8, 3), np.uint8))  # a real input: the weights are at fault
     proc = run_tool("infer.py", str(tmp_path / "x.jpg"), "--config", recipe, "--weights", str(tmp_path / "bare.pth"),
                     cwd=tmp_path, check=False)
     assert_one_line_error(proc, "bare.pth stores no class list")
