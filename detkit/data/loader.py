@@ -116,6 +116,17 @@ def _worker_init(worker_id: int, max_pixels: int | None = None) -> None:
     cv2.setNumThreads(1)
 
 
+def _before_forking_workers(num_workers: int) -> None:
+    """Drop OpenCV to one thread in this process before DataLoader forks its workers.
+
+    A forked child inherits OpenCV's thread-pool state but not its threads; once the parent's pool has run (a
+    cv2.resize, a selective search), the child's cv2.setNumThreads waits on those absent threads forever. Shrinking
+    the pool here, where its threads exist, leaves the children nothing to wait for.
+    """
+    if num_workers > 0:
+        cv2.setNumThreads(1)
+
+
 def _group_ids(dataset: Dataset) -> list[int]:
     """0 for landscape/square images (w >= h), 1 for portrait ones, from ``dataset.aspect_ratios()``."""
     return [0 if ratio >= 1.0 else 1 for ratio in dataset.aspect_ratios()]
@@ -133,6 +144,7 @@ def build_train_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 
     stream = TrainStream(len(dataset), batch_size, seed=seed, start_iter=start_iter, group_ids=group_ids)
     # DataLoader draws its worker base seed from this generator, never from the global torch RNG.
     generator = torch.Generator().manual_seed(seed)
+    _before_forking_workers(num_workers)
     loader = DataLoader(_KeyedDataset(dataset), batch_sampler=stream, num_workers=num_workers,
                         collate_fn=collate, pin_memory=pin_memory,
                         worker_init_fn=functools.partial(_worker_init, max_pixels=max_image_pixels()),
@@ -157,5 +169,6 @@ def build_test_loader(dataset: Dataset, batch_size: int = 1, num_workers: int = 
     if batch_size <= 0:
         raise DetkitError(f"batch_size must be positive, got {batch_size}.")
     init = functools.partial(_worker_init, max_pixels=max_image_pixels())
+    _before_forking_workers(num_workers)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
                       pin_memory=pin_memory, worker_init_fn=init, generator=torch.Generator().manual_seed(0))

@@ -73,3 +73,28 @@ def test_test_loader_keeps_dataset_order(tmp_path):
 def test_collate_keeps_images_of_different_sizes_as_a_list():
     images, targets = collate([(torch.zeros(3, 4, 5), {"image_id": 1}), (torch.zeros(3, 6, 2), {"image_id": 2})])
     assert [tuple(i.shape) for i in images] == [(3, 4, 5), (3, 6, 2)] and [t["image_id"] for t in targets] == [1, 2]
+
+
+FORK_AFTER_CV2_POOL = """
+import cv2, numpy as np, torch
+from detkit.data.loader import build_test_loader
+image = np.random.default_rng(0).integers(0, 255, (2000, 2000, 3), dtype=np.uint8)
+for _ in range(3):
+    cv2.resize(image, (1500, 1500))  # OpenCV's thread pool runs in this (parent) process
+class Tiny(torch.utils.data.Dataset):
+    def __len__(self): return 4
+    def __getitem__(self, i): return torch.zeros(3, 4, 4), {"i": i}
+print(len(list(build_test_loader(Tiny(), num_workers=2))))
+"""
+
+
+def test_workers_forked_after_opencv_ran_its_thread_pool_do_not_hang():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", FORK_AFTER_CV2_POOL], cwd=repo, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0 and proc.stdout.strip() == "4", proc.stderr[-1000:]
