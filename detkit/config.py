@@ -101,6 +101,7 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     """A validated Config from a nested dict of the keys to change from the defaults."""
     config = _build(Config, tree, "", sources or {})
     _resolve_roots(config)
+    config.sources = dict(sources or {})  # dotted key -> file or command line that set it (not a schema key)
     return config
 
 
