@@ -25,7 +25,7 @@ from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
 from detkit.evaluation.coco import detections_to_coco, evaluate_coco, format_coco_table
 from detkit.evaluation.voc import evaluate_voc
-from detkit.modeling.build import build_model
+from detkit.modeling.build import build_model, needs_proposals, prepare_for_test
 from detkit import ops
 from detkit.visualize import draw_detections, draw_grid, save_image
 
@@ -53,7 +53,7 @@ def load_trained(cfg: Config, weights: str | Path) -> nn.Module:
         raise DetkitError("the config names no classes (model.class_names); use the config.yaml a training run wrote")
     model = build_model(cfg, num_classes=len(cfg.model.class_names or []) or None)
     load_model_weights(weights, model)
-    return model.eval()
+    return prepare_for_test(model, cfg).eval()
 
 
 def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device, path: Path,
@@ -63,8 +63,8 @@ def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device,
     tiles = []
     with torch.no_grad():
         for i in range(min(count, len(dataset))):
-            image, _ = dataset[i]
-            det = model([image.to(device)])[0]
+            image, target = dataset[i]
+            det = model([image.to(device)], **proposal_kwargs(model, [target], device))[0]
             zoom = max(1, 384 // max(image.shape[-2:]))  # small images are enlarged so captions stay legible
             image = torch.nn.functional.interpolate(image[None], scale_factor=zoom, mode="nearest")[0]
             tiles.append(draw_detections(image, det["boxes"].cpu() * zoom, det["labels"], det["scores"],
@@ -73,14 +73,39 @@ def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device,
     return path
 
 
-def build_split(cfg: Config, split: str) -> Any:
-    """The train or test dataset of a config (training augmentation on the train split only)."""
+def build_split(cfg: Config, split: str, progress: bool = True) -> Any:
+    """The train or test dataset of a config (training augmentation on the train split only); with a proposal store
+    (data.<split>.proposals), its proposals too, computed first when the store is missing or incomplete."""
     d = getattr(cfg.data, split)
     train = split == "train"
-    transforms = build_transforms(train=True, min_size=cfg.input.min_size, max_size=cfg.input.max_size,
-                                  flip_prob=cfg.input.flip_prob, color_jitter=cfg.input.color_jitter) if train else None
-    return build_dataset(d.format, d.root, d.split, d.ann_file, train=train, transforms=transforms,
-                         skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
+    transforms = build_transforms(train=True, flip_prob=cfg.input.flip_prob,
+                                  color_jitter=cfg.input.color_jitter) if train else None
+    dataset = build_dataset(d.format, d.root, d.split, d.ann_file, train=train, transforms=transforms,
+                            skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
+    if needs_proposals(cfg.model.arch) and not d.proposals:
+        raise DetkitError(f"model.arch={cfg.model.arch} reads proposals from a store: set data.{split}.proposals "
+                          "(a folder; tools/propose.py fills it)")
+    if d.proposals:
+        from detkit.data.proposals import ProposalStore
+
+        dataset.proposals = ProposalStore(ensure_proposals(cfg, split, progress=progress))
+    return dataset
+
+
+def proposal_kwargs(model: nn.Module, targets: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """``proposals=`` for a detector without a proposal generator, from the targets' store proposals."""
+    if not getattr(model, "needs_proposals", False):
+        return {}
+    return {"proposals": [t["proposals"].to(device) for t in targets]}
+
+
+def propose(cfg: Config, image: np.ndarray) -> torch.Tensor:
+    """Selective-search proposals (P, 4) float32 for one HWC uint8 RGB image, with the config's proposals.* keys."""
+    from detkit.data.proposals import propose_image
+
+    p = cfg.proposals
+    return torch.from_numpy(propose_image(image, mode=p.mode, max_side=p.max_side, min_size=p.min_size,
+                                          top_k=p.top_k))
 
 
 @torch.no_grad()
@@ -89,8 +114,8 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
     model.eval()
     outputs: list[dict] = []
     count, start = 0, time.perf_counter()
-    for images, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        for out in model([im.to(device) for im in images]):
+    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        for out in model([im.to(device) for im in images], **proposal_kwargs(model, targets, device)):
             outputs.append({k: v.cpu() for k, v in out.items()})
         count += len(images)
     if device.type == "cuda":
@@ -117,8 +142,8 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: 
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict[str, float]:
     """Trains the config's detector, evaluates it on data.test and writes metrics.json; returns the metrics."""
     device = setup(cfg)
-    train_set = build_split(cfg, "train")
-    test_set = build_split(cfg, "test")
+    train_set = build_split(cfg, "train", progress=progress)
+    test_set = build_split(cfg, "test", progress=progress)
     if cfg.model.class_names is None:
         cfg.model.class_names = list(train_set.classes)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
@@ -141,6 +166,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> dict[str,
                       grad_clip=s.grad_clip, eval_fn=eval_fn if cfg.train.eval_period else None,
                       eval_period=cfg.train.eval_period, config=config_to_dict(cfg), progress=progress)
     summary = trainer.train(resume=resume)
+    prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc")
     metrics["train/img_per_s"] = summary.get("train/img_per_s", float("nan"))
     write_json(Path(cfg.output_dir) / "metrics.json", metrics)

@@ -137,6 +137,11 @@ ARCHS: dict[str, Callable[[Config, int], TwoStageDetector]] = {
 }
 
 
+def needs_proposals(arch: str) -> bool:
+    """True for an arch whose detector reads proposals from the data (no proposal generator of its own)."""
+    return arch in ("fast_rcnn",)
+
+
 def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector:
     """The detector a config describes; num_classes counts foreground classes (cfg.model.num_classes wins)."""
     num_classes = cfg.model.num_classes or num_classes
