@@ -182,3 +182,31 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
+
+
+def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | None:
+    """Fills the store data.<split>.proposals from cfg.proposals.* where images are missing; its path, or None."""
+    import copy
+
+    from detkit.data.proposals import ProposalStore, propose_dataset, proposal_settings
+
+    d = getattr(cfg.data, split)
+    if not d.proposals:
+        return None
+    p = cfg.proposals
+    store = ProposalStore(d.proposals)
+    dataset = build_dataset(d.format, d.root, d.split, d.ann_file, train=split == "train",
+                            skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
+    rpn_model = None
+    if p.method == "rpn":
+        proposal_settings(method="rpn", rpn_weights=p.rpn_weights)  # a missing weights file fails here, first
+        if not all(store.has(i) for i in dataset.image_ids):  # the model is built only when there is work
+            rpn_cfg = copy.deepcopy(cfg)
+            rpn_cfg.model.arch = "faster_rcnn"  # the RPN of the config's backbone, whatever detector trains next
+            rpn_model = build_model(rpn_cfg, num_classes=len(cfg.model.class_names or dataset.classes))
+            load_model_weights(p.rpn_weights, rpn_model)
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    propose_dataset(dataset, store, method=p.method, mode=p.mode, max_side=p.max_side, min_size=p.min_size, top_k=p.top_k,
+                    workers=p.workers, rpn_model=rpn_model, rpn_weights=p.rpn_weights, device=device,
+                    progress=progress)
+    return store.root
