@@ -22,6 +22,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -234,6 +235,9 @@ def _proposals(todo: list[tuple[int, str]], settings: dict[str, Any], workers: i
     tasks = [(image_id, path, settings["mode"], settings["max_side"], settings["min_size"], settings["top_k"])
              for image_id, path in todo]
     if workers <= 1 or len(tasks) <= 1:
+        # One OpenCV thread here too: a pool of OpenCV threads in this process would hang the DataLoader workers
+        # that training forks next (cv2.setNumThreads in a forked child waits on the parent's pool forever).
+        cv2.setNumThreads(1)
         for task in tasks:
             yield _search_task(task)
         return

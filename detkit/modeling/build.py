@@ -26,7 +26,7 @@ from detkit.modeling.roi_heads.roi_heads import RoIHeads
 # Config sections that mean nothing to an arch: setting one of them is an error (a key silently ignored misleads).
 INAPPLICABLE_KEYS: dict[str, tuple[str, ...]] = {
     "faster_rcnn": (),
-    "fast_rcnn": ("model.rpn",),  # proposals come from a store, not from an RPN
+    "fast_rcnn": ("model.rpn",),  # proposals come from a store (model.rpn.* applies when an RPN fills it)
 }
 
 
@@ -46,6 +46,8 @@ def check_keys_apply(cfg: Config) -> None:
     default = Config()
     bad = []
     for section in INAPPLICABLE_KEYS[arch]:
+        if section == "model.rpn" and cfg.proposals.method == "rpn":
+            continue
         path = section.split(".")
         node, ref = cfg, default
         for part in path:
