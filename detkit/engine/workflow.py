@@ -25,13 +25,15 @@ from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
 from detkit.evaluation.coco import detections_to_coco, evaluate_coco, format_coco_table
 from detkit.evaluation.voc import evaluate_voc
-from detkit.modeling.build import build_model, needs_proposals, prepare_for_test
+from detkit.modeling.build import build_model, check_keys_apply, needs_proposals, prepare_for_test
 from detkit import ops
 from detkit.visualize import draw_detections, draw_grid, save_image
 
 
 def setup(cfg: Config, make_output_dir: bool = True) -> torch.device:
-    """Seeds, threads, ops backend (and output folder) for a run; returns the device to use."""
+    """Checks the config's keys apply to its arch, then seeds, threads, ops backend (and output folder) for a run;
+    returns the device to use."""
+    check_keys_apply(cfg)  # before any slow step (proposals, training) runs
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
