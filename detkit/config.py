@@ -124,6 +124,7 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     config = _build(Config, tree, "", sources or {})
     _resolve_roots(config)
     check_values(config)
+    config.sources = dict(sources or {})  # dotted key -> file or command line that set it (not a schema key)
     return config
 
 

@@ -33,9 +33,10 @@ class Matcher:
         matches[(best_quality >= self.low_threshold) & (best_quality < self.high_threshold)] = BETWEEN_THRESHOLDS
         if original is not None:
             # Faster R-CNN §3.1.2: every ground-truth box keeps the prediction(s) that overlap it most,
-            # even below the high threshold, so that no object goes without a positive.
+            # even below the high threshold, so that no object goes without a positive. A box that overlaps
+            # nothing (best IoU 0) keeps nothing: otherwise every prediction would tie at 0 and match it.
             best_per_gt = quality.max(dim=1, keepdim=True).values
-            _, pred_idx = torch.nonzero(quality == best_per_gt, as_tuple=True)
+            _, pred_idx = torch.nonzero((quality == best_per_gt) & (best_per_gt > 0), as_tuple=True)
             matches[pred_idx] = original[pred_idx]
         return matches
 

@@ -41,3 +41,11 @@ def test_sampler_respects_fraction_and_budget():
     torch.manual_seed(0)
     tv_pos, tv_neg = tv_utils.BalancedPositiveNegativeSampler(256, 0.25)([few])
     assert pos[0].sum() == tv_pos[0].sum() == 3 and neg[0].sum() == tv_neg[0].sum() == 253
+
+
+def test_low_quality_rule_never_matches_at_iou_zero():
+    # Ground truth 1 overlaps nothing: with the rule, torchvision would match it to every prediction (all tie at 0).
+    quality = torch.tensor([[0.8, 0.4, 0.0],
+                            [0.0, 0.0, 0.0]])
+    matches = Matcher(0.7, 0.3, allow_low_quality_matches=True)(quality)
+    assert matches.tolist() == [0, BETWEEN_THRESHOLDS, BELOW_LOW_THRESHOLD]

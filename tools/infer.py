@@ -5,11 +5,13 @@
 With no --config/--weights it uses the model the README's main command trained (outputs/demo). Each input gets its
 own drawn picture under --out, at its path relative to the inputs' common folder; an input file is never written
 over. An unreadable image is skipped with a warning (--stop-on-error stops instead); detections.json always holds
-the results of the images done.
+the results of the images done. A detector that reads proposals (Fast R-CNN) gets them from selective search on
+each image, and the time that costs is printed.
 """
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from detkit.cli import add_common_args, run
@@ -25,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
 
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
-    from detkit.engine.workflow import class_list, load_trained, setup
+    from detkit.engine.workflow import class_list, load_trained, propose, setup
     from detkit.visualize import draw_detections, save_image
 
     config = Path(args.config) if args.config else DEFAULT_RUN / "config.yaml"
@@ -42,20 +44,26 @@ def main(args: argparse.Namespace) -> int:
     model = load_trained(cfg, weights).to(device)  # the class names and ids the weights were trained with
     classes = class_list(cfg)
     names, category_ids = list(classes.names), classes.label_to_category_id
-    results, skipped, done = [], [], 0
+    results, skipped, done, propose_s = [], [], 0, 0.0
     try:
         for image_id, (path, drawn_path) in enumerate(
                 tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True), start=1):
             try:
-                image = to_tensor(read_image(path))
+                pixels = read_image(path)
             except DetkitError as error:
                 if args.stop_on_error:
                     raise
                 tqdm.write(f"infer.py: warning: {error} Skipped.", file=sys.stderr)
                 skipped.append(str(path))
                 continue
+            image = to_tensor(pixels)
+            kwargs = {}
+            if model.needs_proposals:  # no proposal generator in the model: selective search on the fly
+                start = time.perf_counter()
+                kwargs["proposals"] = [propose(cfg, pixels).to(device)]
+                propose_s += time.perf_counter() - start
             with torch.no_grad():
-                det = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
+                det = {k: v.cpu() for k, v in model([image.to(device)], **kwargs)[0].items()}
             keep = det["scores"] >= args.score_thresh
             for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
                                          det["scores"][keep].tolist()):
@@ -71,6 +79,9 @@ def main(args: argparse.Namespace) -> int:
         save_config(cfg, out / "config.yaml")
     note = f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""
     print(f"{len(results)} detections in {done} images{note}: {out}/detections.json and drawn images in {out}/")
+    if model.needs_proposals and done:
+        print(f"note: selective search ({cfg.proposals.mode} mode) took {propose_s:.1f} s "
+              f"({propose_s / done:.2f} s per image) of this run")
     return 0
 
 

@@ -6,6 +6,8 @@ Shapes and names:
     labels  int64 (M,) in 1..K; ``classes[k - 1]`` names label k
     ignore  bool (M,): VOC ``difficult`` / COCO ``iscrowd``; the trainer drops these, the evaluator ignores them
     seed    per-sample int handed to the transforms so a sample's augmentation does not depend on the process
+    proposals float32 (P, 4) like boxes, from the dataset's proposal store (Fast R-CNN / R-CNN), flipped by the
+            transforms with the boxes and resized by the model with them
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +26,12 @@ from detkit.errors import DetkitError
 
 # (image HWC uint8, boxes (M, 4), labels (M,), ignore (M,), seed=int) -> the same four, transformed
 Transform = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+class ProposalSource(Protocol):
+    """Per-image proposals by image id (detkit.data.proposals.ProposalStore): (P, 4) float32 stored-image pixels."""
+
+    def load(self, image_id: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,10 @@ class DetectionDataset(Dataset):
     category_ids_in_file: bool = False
 
     def __init__(self, records: list[ImageRecord], classes: list[str], label_to_category_id: dict[int, int], *,
-                 skip_corrupt: bool = False, transforms: Transform | None = None) -> None:
+                 skip_corrupt: bool = False, transforms: Transform | None = None,
+                 proposals: ProposalSource | None = None) -> None:
         self.records = records
+        self.proposals = proposals  # when set, every target carries "proposals" (P, 4)
         self.classes = list(classes)
         self.label_to_category_id = dict(label_to_category_id)
         self.image_ids = [r.image_id for r in records]
@@ -114,10 +124,17 @@ class DetectionDataset(Dataset):
             raise DetkitError(f"Image file {record.path} is {image.shape[0]}x{image.shape[1]} (HxW) but its "
                               f"annotation says {record.height}x{record.width}.")
         boxes, labels, ignore = record.boxes, record.labels, record.ignore
-        if self.transforms is not None:
-            image, boxes, labels, ignore = self.transforms(image, boxes, labels, ignore,
-                                                           seed=index if seed is None else seed)
-        return to_tensor(image), self._make_target(record, boxes, labels, ignore)
+        proposals = None if self.proposals is None else self.proposals.load(record.image_id)
+        seed = index if seed is None else seed
+        if self.transforms is not None and proposals is not None:
+            image, boxes, labels, ignore, proposals = self.transforms(image, boxes, labels, ignore, seed=seed,
+                                                                      proposals=proposals)
+        elif self.transforms is not None:
+            image, boxes, labels, ignore = self.transforms(image, boxes, labels, ignore, seed=seed)
+        target = self._make_target(record, boxes, labels, ignore)
+        if proposals is not None:
+            target["proposals"] = torch.tensor(np.asarray(proposals, dtype=np.float32).reshape(-1, 4))
+        return to_tensor(image), target
 
     def _read_first_readable(self, index: int) -> tuple[int, np.ndarray]:
         """Decode image ``index``, or with skip_corrupt the next readable one after it (wrapping around)."""

@@ -28,13 +28,15 @@ from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
 from detkit.evaluation.coco import detections_to_coco, evaluate_coco, format_coco_table
 from detkit.evaluation.voc import evaluate_voc
-from detkit.modeling.build import build_model
+from detkit.modeling.build import build_model, check_keys_apply, needs_proposals, prepare_for_test
 from detkit import ops
 from detkit.visualize import draw_detections, draw_grid, save_image
 
 
 def setup(cfg: Config, make_output_dir: bool = True) -> torch.device:
-    """Seeds, threads, ops backend (and output folder) for a run; returns the device to use."""
+    """Checks the config's keys apply to its arch, then seeds, threads, ops backend (and output folder) for a run;
+    returns the device to use."""
+    check_keys_apply(cfg)  # before any slow step (proposals, training) runs
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -63,7 +65,7 @@ def load_trained(cfg: Config, weights: str | Path) -> nn.Module:
     m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
     model = build_model(cfg, num_classes=len(classes))
     load_model_weights(weights, model)
-    return model.eval()
+    return prepare_for_test(model, cfg).eval()
 
 
 def class_list(cfg: Config) -> ClassList:
@@ -80,8 +82,8 @@ def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device,
     tiles = []
     with torch.no_grad():
         for i in range(min(count, len(dataset))):
-            image, _ = dataset[i]
-            det = model([image.to(device)])[0]
+            image, target = dataset[i]
+            det = model([image.to(device)], **proposal_kwargs(model, [target], device))[0]
             zoom = max(1, 384 // max(image.shape[-2:]))  # small images are enlarged so captions stay legible
             image = torch.nn.functional.interpolate(image[None], scale_factor=zoom, mode="nearest")[0]
             tiles.append(draw_detections(image, det["boxes"].cpu() * zoom, det["labels"], det["scores"],
@@ -90,29 +92,53 @@ def save_detection_picture(model: nn.Module, dataset: Any, device: torch.device,
     return path
 
 
-def build_split(cfg: Config, split: str, classes: ClassList | None = None) -> Any:
+def build_split(cfg: Config, split: str, classes: ClassList | None = None, progress: bool = True) -> Any:
     """The train or test dataset of a config (training augmentation on the train split only), its labels
-    renumbered to the class list when one is given."""
+    renumbered to the class list when one is given; with a proposal store (data.<split>.proposals), its proposals
+    too, computed first when the store is missing or incomplete."""
     d = getattr(cfg.data, split)
     train = split == "train"
-    transforms = build_transforms(train=True, min_size=cfg.input.min_size, max_size=cfg.input.max_size,
-                                  flip_prob=cfg.input.flip_prob, color_jitter=cfg.input.color_jitter) if train else None
+    transforms = build_transforms(train=True, flip_prob=cfg.input.flip_prob,
+                                  color_jitter=cfg.input.color_jitter) if train else None
     dataset = build_dataset(d.format, d.root, d.split, d.ann_file, train=train, transforms=transforms,
                             skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
     if classes is not None:
         apply_class_list(dataset, classes, cfg.data.unknown_classes, where=f"data.{split}")
+    if needs_proposals(cfg.model.arch) and not d.proposals:
+        raise DetkitError(f"model.arch={cfg.model.arch} reads proposals from a store: set data.{split}.proposals "
+                          "(a folder; tools/propose.py fills it)")
+    if d.proposals:
+        from detkit.data.proposals import ProposalStore
+
+        dataset.proposals = ProposalStore(ensure_proposals(cfg, split, progress=progress))
     return dataset
 
 
-def build_train_and_test(cfg: Config) -> tuple[Any, Any]:
+def build_train_and_test(cfg: Config, progress: bool = True) -> tuple[Any, Any]:
     """Both splits of a training run under one class list (the config's, else the training set's), written
     into cfg.model.class_names / category_ids; a class or class count that does not fit is a DetkitError."""
     m = cfg.model
-    train_set = build_split(cfg, "train")
+    train_set = build_split(cfg, "train", progress=progress)
     classes = training_class_list(m.class_names, m.category_ids, m.num_classes, train_set)
     apply_class_list(train_set, classes, cfg.data.unknown_classes, where="data.train")
     m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
-    return train_set, build_split(cfg, "test", classes)
+    return train_set, build_split(cfg, "test", classes, progress=progress)
+
+
+def proposal_kwargs(model: nn.Module, targets: list[dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """``proposals=`` for a detector without a proposal generator, from the targets' store proposals."""
+    if not getattr(model, "needs_proposals", False):
+        return {}
+    return {"proposals": [t["proposals"].to(device) for t in targets]}
+
+
+def propose(cfg: Config, image: np.ndarray) -> torch.Tensor:
+    """Selective-search proposals (P, 4) float32 for one HWC uint8 RGB image, with the config's proposals.* keys."""
+    from detkit.data.proposals import propose_image
+
+    p = cfg.proposals
+    return torch.from_numpy(propose_image(image, mode=p.mode, max_side=p.max_side, min_size=p.min_size,
+                                          top_k=p.top_k))
 
 
 @torch.no_grad()
@@ -121,8 +147,8 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
     model.eval()
     outputs: list[dict] = []
     count, start = 0, time.perf_counter()
-    for images, _ in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        for out in model([im.to(device) for im in images]):
+    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        for out in model([im.to(device) for im in images], **proposal_kwargs(model, targets, device)):
             outputs.append({k: v.cpu() for k, v in out.items()})
         count += len(images)
     if device.type == "cuda":
@@ -154,7 +180,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     """
     run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
     device = setup(cfg)
-    train_set, test_set = build_train_and_test(cfg)
+    train_set, test_set = build_train_and_test(cfg, progress=progress)
     changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
     run_dir.record_config_changes(cfg.output_dir, changes)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml")
@@ -177,6 +203,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
                       grad_clip=s.grad_clip, eval_fn=eval_fn if cfg.train.eval_period else None,
                       eval_period=cfg.train.eval_period, config=config_to_dict(cfg), progress=progress)
     summary = trainer.train(resume=resume)
+    prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc")
     metrics["train/img_per_s"] = summary.get("train/img_per_s", float("nan"))
     write_json(Path(cfg.output_dir) / "metrics.json", metrics)
@@ -192,3 +219,31 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
+
+
+def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | None:
+    """Fills the store data.<split>.proposals from cfg.proposals.* where images are missing; its path, or None."""
+    import copy
+
+    from detkit.data.proposals import ProposalStore, propose_dataset, proposal_settings
+
+    d = getattr(cfg.data, split)
+    if not d.proposals:
+        return None
+    p = cfg.proposals
+    store = ProposalStore(d.proposals)
+    dataset = build_dataset(d.format, d.root, d.split, d.ann_file, train=split == "train",
+                            skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
+    rpn_model = None
+    if p.method == "rpn":
+        proposal_settings(method="rpn", rpn_weights=p.rpn_weights)  # a missing weights file fails here, first
+        if not all(store.has(i) for i in dataset.image_ids):  # the model is built only when there is work
+            rpn_cfg = copy.deepcopy(cfg)
+            rpn_cfg.model.arch = "faster_rcnn"  # the RPN of the config's backbone, whatever detector trains next
+            rpn_model = build_model(rpn_cfg, num_classes=len(cfg.model.class_names or dataset.classes))
+            load_model_weights(p.rpn_weights, rpn_model)
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    propose_dataset(dataset, store, method=p.method, mode=p.mode, max_side=p.max_side, min_size=p.min_size, top_k=p.top_k,
+                    workers=p.workers, rpn_model=rpn_model, rpn_weights=p.rpn_weights, device=device,
+                    progress=progress)
+    return store.root

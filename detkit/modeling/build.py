@@ -1,28 +1,80 @@
-"""Config -> detector: the one place where config keys become constructor arguments."""
+"""Config -> detector: the one place where model config keys become constructor arguments.
+
+``model.arch`` picks the builder from ARCHS; every builder fills the parts of a TwoStageDetector.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 from detkit.modeling.backbones import build_backbone, build_res5_head, build_vgg_fc_head
-from detkit.modeling.detectors.faster_rcnn import FasterRCNN
+from detkit.modeling.detectors.fast_rcnn import FastRCNN
+from detkit.modeling.detectors.faster_rcnn import FasterRCNN, default_box_feature_names
+from detkit.modeling.detectors.two_stage import TwoStageDetector
 from detkit.modeling.preprocess import ImagePreprocessor
 from detkit.modeling.proposals.anchors import AnchorGenerator
 from detkit.modeling.proposals.rpn import RegionProposalNetwork, RPNHead
-from detkit.modeling.roi_heads.box_head import TwoMLPHead
-from detkit.modeling.roi_heads.fast_rcnn import RoIHeads
+from detkit.modeling.roi_heads.box_head import TwoMLPHead, compress_box_head
 from detkit.modeling.roi_heads.poolers import RoIPooler
 from detkit.modeling.roi_heads.predictors import FastRCNNPredictor
+from detkit.modeling.roi_heads.roi_heads import RoIHeads
+
+# Config sections that mean nothing to an arch: setting one of them is an error (a key silently ignored misleads).
+INAPPLICABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "faster_rcnn": (),
+    "fast_rcnn": ("model.rpn",),  # proposals come from a store (model.rpn.* applies when an RPN fills it)
+}
+
+
+def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
+    if not hasattr(tree, "__dataclass_fields__"):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for name in tree.__dataclass_fields__:
+        out.update(_flatten(getattr(tree, name), f"{prefix}.{name}"))
+    return out
+
+
+def check_keys_apply(cfg: Config) -> None:
+    """Raises DetkitError naming the keys (and the file or command line that set them) that the arch ignores."""
+    arch = cfg.model.arch
+    sources: dict[str, str] = getattr(cfg, "sources", {})
+    default = Config()
+    bad = []
+    for section in INAPPLICABLE_KEYS[arch]:
+        if section == "model.rpn" and cfg.proposals.method == "rpn":
+            continue
+        path = section.split(".")
+        node, ref = cfg, default
+        for part in path:
+            node, ref = getattr(node, part), getattr(ref, part)
+        values, defaults = _flatten(node, section), _flatten(ref, section)
+        # A value equal to the default changes nothing (a run's saved config.yaml lists every key).
+        bad += [f"{k} (in {sources[k]})" if k in sources else k for k, v in values.items() if v != defaults[k]]
+    if bad:
+        raise DetkitError(f"config keys that do not apply to model.arch={arch}: {', '.join(bad)}")
 
 
 def _box_head(cfg: Config, in_channels: int) -> nn.Module:
-    bb = cfg.model.backbone
-    if bb.fpn:
-        res = cfg.model.roi_heads.pooler_resolution
-        return TwoMLPHead(in_channels * res * res, cfg.model.roi_heads.representation_size)
-    if bb.name.startswith("vgg"):
+    """The box head model.roi_heads.box_head names (auto: 2-MLP with FPN, else the backbone's own)."""
+    bb, rh = cfg.model.backbone, cfg.model.roi_heads
+    kind = rh.box_head
+    if kind == "auto":
+        kind = "two_mlp" if bb.fpn else "vgg_fc" if bb.name.startswith("vgg") else "res5"
+    if kind == "two_mlp":
+        return TwoMLPHead(in_channels * rh.pooler_resolution ** 2, rh.representation_size)
+    if kind == "vgg_fc":
+        if not bb.name.startswith("vgg") or bb.fpn or rh.pooler_resolution != 7:
+            raise DetkitError("config key 'model.roi_heads.box_head' is vgg_fc, which needs a VGG backbone without "
+                              f"FPN and pooler_resolution 7 (got {bb.name}, fpn={bb.fpn}, {rh.pooler_resolution})")
         return build_vgg_fc_head(weights=bb.weights)
+    if not bb.name.startswith("resnet") or bb.fpn:
+        raise DetkitError("config key 'model.roi_heads.box_head' is res5, which needs a ResNet backbone without FPN "
+                          f"(got {bb.name}, fpn={bb.fpn})")
     return build_res5_head(bb.name, norm=bb.norm, weights=bb.weights)
 
 
@@ -42,26 +94,70 @@ def build_rpn(cfg: Config, in_channels: int, num_levels: int) -> RegionProposalN
         nms_thresh=r.nms_thresh, min_size=r.min_size)
 
 
-def build_model(cfg: Config, num_classes: int | None = None) -> FasterRCNN:
+def build_roi_heads(cfg: Config, backbone: nn.Module, num_classes: int) -> RoIHeads:
+    """Pooler, box head and softmax predictor of cfg.model.roi_heads (num_classes counts the foreground)."""
+    rh = cfg.model.roi_heads
+    strides = [backbone.strides[n] for n in default_box_feature_names(backbone)]
+    pooler = RoIPooler(rh.pooler_resolution, strides, sampling_ratio=rh.sampling_ratio, pooler_type=rh.pooler,
+                       aligned=rh.aligned)
+    box_head = _box_head(cfg, backbone.out_channels)
+    if not 0.0 <= rh.bg_iou_lo <= rh.bg_iou_thresh:
+        raise DetkitError(f"config key 'model.roi_heads.bg_iou_lo' is {rh.bg_iou_lo}; it must be in "
+                          f"[0, model.roi_heads.bg_iou_thresh = {rh.bg_iou_thresh}]")
+    return RoIHeads(pooler, box_head, FastRCNNPredictor(box_head.out_channels, num_classes + 1),
+                    fg_iou_thresh=rh.fg_iou_thresh, bg_iou_thresh=rh.bg_iou_thresh, bg_iou_lo=rh.bg_iou_lo,
+                    batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
+                    score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh, detections_per_img=rh.detections_per_img)
+
+
+def _common_parts(cfg: Config, num_classes: int) -> dict[str, Any]:
+    bb = cfg.model.backbone
+    backbone = build_backbone(bb.name, fpn=bb.fpn, norm=bb.norm, weights=bb.weights,
+                              trainable_layers=bb.trainable_layers)
+    preprocessor = ImagePreprocessor(cfg.input.min_size, cfg.input.max_size, pixel_mean=cfg.input.pixel_mean,
+                                     pixel_std=cfg.input.pixel_std, test_min_size=cfg.input.test_min_size)
+    return {"backbone": backbone, "roi_heads": build_roi_heads(cfg, backbone, num_classes),
+            "preprocessor": preprocessor, "channels_last": bb.channels_last}
+
+
+def build_faster_rcnn(cfg: Config, num_classes: int) -> FasterRCNN:
+    """Faster R-CNN: the common parts and an RPN."""
+    parts = _common_parts(cfg, num_classes)
+    backbone = parts["backbone"]
+    return FasterRCNN(num_classes=num_classes + 1, rpn=build_rpn(cfg, backbone.out_channels, len(backbone.strides)),
+                      **parts)
+
+
+def build_fast_rcnn(cfg: Config, num_classes: int) -> FastRCNN:
+    """Fast R-CNN: the common parts; proposals come with the data."""
+    return FastRCNN(num_classes=num_classes + 1, **_common_parts(cfg, num_classes))
+
+
+ARCHS: dict[str, Callable[[Config, int], TwoStageDetector]] = {
+    "faster_rcnn": build_faster_rcnn,
+    "fast_rcnn": build_fast_rcnn,
+}
+
+
+def needs_proposals(arch: str) -> bool:
+    """True for an arch whose detector reads proposals from the data (no proposal generator of its own)."""
+    return arch in ("fast_rcnn",)
+
+
+def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector:
     """The detector a config describes; num_classes counts foreground classes (cfg.model.num_classes wins)."""
     num_classes = cfg.model.num_classes or num_classes
     if num_classes is None:
         raise DetkitError("the number of classes is unknown: set model.num_classes or build from a dataset")
-    bb = cfg.model.backbone
-    backbone = build_backbone(bb.name, fpn=bb.fpn, norm=bb.norm, weights=bb.weights,
-                              trainable_layers=bb.trainable_layers)
-    names = [n for n in backbone.strides if n != "pool"]
-    rh = cfg.model.roi_heads
-    pooler = RoIPooler(rh.pooler_resolution, [backbone.strides[n] for n in names], sampling_ratio=rh.sampling_ratio,
-                       pooler_type=rh.pooler, aligned=rh.aligned)
-    box_head = _box_head(cfg, backbone.out_channels)
-    roi_heads = RoIHeads(pooler, box_head, FastRCNNPredictor(box_head.out_channels, num_classes + 1),
-                         fg_iou_thresh=rh.fg_iou_thresh, bg_iou_thresh=rh.bg_iou_thresh,
-                         batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
-                         score_thresh=rh.score_thresh, nms_thresh=rh.nms_thresh,
-                         detections_per_img=rh.detections_per_img)
-    preprocessor = ImagePreprocessor(cfg.input.min_size, cfg.input.max_size, pixel_mean=cfg.input.pixel_mean,
-                                     pixel_std=cfg.input.pixel_std, test_min_size=cfg.input.test_min_size)
-    return FasterRCNN(backbone, num_classes + 1, rpn=build_rpn(cfg, backbone.out_channels, len(backbone.strides)),
-                      roi_heads=roi_heads, preprocessor=preprocessor, box_feature_names=names,
-                      channels_last=bb.channels_last)
+    check_keys_apply(cfg)
+    return ARCHS[cfg.model.arch](cfg, num_classes)
+
+
+def prepare_for_test(model: TwoStageDetector, cfg: Config) -> TwoStageDetector:
+    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank); returns it."""
+    rank = cfg.model.roi_heads.svd_rank
+    if rank is not None:
+        if rank <= 0:
+            raise DetkitError(f"config key 'model.roi_heads.svd_rank' must be positive, got {rank}")
+        compress_box_head(model.roi_heads.box_head, rank)
+    return model

@@ -1,22 +1,50 @@
-"""Input side of every detector: normalise, resize, batch; and map detections back to the input images.
+"""Input side of every detector: check, normalise, resize, batch; and map detections back to the input images.
 
+The one place images are resized, for training and test alike (the data pipeline only flips and jitters).
 Images come in as a list of (3, H, W) float tensors in [0, 1] of any size (torchvision's contract); targets hold
-boxes (M, 4) x1, y1, x2, y2 in input pixels and labels (M,). Detections go out in input pixels.
+boxes (M, 4) x1, y1, x2, y2 in input pixels, labels (M,) and, for detectors without a proposal generator,
+proposals (P, 4) in input pixels; eval-time proposals come as a list of (P_i, 4). Everything with boxes is scaled
+by the image's own resize factors. Detections go out in input pixels.
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detkit.errors import DetkitError
 from detkit.structures import ImageList
+
+BOX_KEYS = ("boxes", "proposals")  # target entries in image pixels, resized with the image
+
+
+def check_images(images: Sequence[Tensor]) -> None:
+    """Raises DetkitError naming the image when one is not a (3, H, W) floating-point tensor."""
+    if len(images) == 0:
+        raise DetkitError("the detector was given no images")
+    for i, im in enumerate(images):
+        if not torch.is_tensor(im) or im.dim() != 3 or im.shape[0] != 3:
+            shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
+            raise DetkitError(f"image {i} must be a (3, H, W) tensor, got {shape}")
+        if not im.is_floating_point():
+            raise DetkitError(f"image {i} has dtype {im.dtype}; detectors take float images in [0, 1] "
+                              f"(torchvision's contract): convert with image.float() / 255")
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[float, tuple[int, int]]:
+    """Scale = min(min_size / shorter side, max_size / longer side) and the (h, w) it gives, as torchvision (floor)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return scale, (max(1, int(height * scale)), max(1, int(width * scale)))
 
 
 class ImagePreprocessor(nn.Module):
-    """Normalises, resizes the shorter side to min_size (longer side at most max_size) and pads into a batch."""
+    """Normalises, resizes the shorter side to min_size (longer side at most max_size) and pads into a batch.
+
+    Training draws min_size from ``min_size`` (a list: one per image, uniformly, from torch's global generator,
+    which seeds and checkpoints make reproducible); test uses ``test_min_size`` (default: the last min_size).
+    """
 
     def __init__(self, min_size: int | Sequence[int], max_size: int, *, pixel_mean: Sequence[float],
                  pixel_std: Sequence[float], size_divisible: int = 32, test_min_size: int | None = None) -> None:
@@ -28,37 +56,41 @@ class ImagePreprocessor(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
-                ) -> tuple[ImageList, list[dict[str, Tensor]] | None]:
-        """The padded batch and targets with boxes in batch pixels."""
-        for i, im in enumerate(images):
-            if im.dim() != 3 or im.shape[0] != 3:
-                raise ValueError(f"image {i} must be a (3, H, W) tensor, got shape {tuple(im.shape)}")
-        out_images, out_targets = [], []
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
+                proposals: list[Tensor] | None = None
+                ) -> tuple[ImageList, list[dict[str, Tensor]] | None, list[Tensor] | None]:
+        """The padded batch, and targets and proposals with boxes in batch pixels."""
+        check_images(images)
+        out_images, out_targets, out_proposals = [], [], []
         for i, im in enumerate(images):
             im = (im - self.pixel_mean.to(im.dtype)) / self.pixel_std.to(im.dtype)
-            im, scale = self.resize(im)
+            im, (sy, sx) = self.resize(im)
             out_images.append(im)
+            factors = torch.tensor([sx, sy, sx, sy], device=im.device)
             if targets is not None:
                 target = dict(targets[i])
-                if scale != (1.0, 1.0):
-                    sy, sx = scale
-                    target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy], device=im.device)
+                for key in BOX_KEYS:
+                    if key in target and (sy, sx) != (1.0, 1.0):
+                        target[key] = target[key] * factors
                 out_targets.append(target)
-        return ImageList.from_tensors(out_images, self.size_divisible), out_targets if targets is not None else None
+            if proposals is not None:
+                out_proposals.append(proposals[i] * factors if (sy, sx) != (1.0, 1.0) else proposals[i])
+        return (ImageList.from_tensors(out_images, self.size_divisible), out_targets if targets is not None else None,
+                out_proposals if proposals is not None else None)
 
     def _target_min_size(self) -> int:
         if not self.training:
             return self.test_min_size
-        return self.min_sizes[0] if len(self.min_sizes) == 1 else random.choice(self.min_sizes)
+        if len(self.min_sizes) == 1:
+            return self.min_sizes[0]
+        return self.min_sizes[int(torch.randint(len(self.min_sizes), ()))]
 
     def resize(self, image: Tensor) -> tuple[Tensor, tuple[float, float]]:
-        """The resized image and the (y, x) scale factors; an image already at a target size is left as it is."""
+        """The resized image and the (y, x) scale factors (bilinear; an image at its target size is kept as is)."""
         h, w = image.shape[-2:]
-        short, long = min(h, w), max(h, w)
-        if self.training and (short in self.min_sizes and long <= self.max_size or long == self.max_size):
-            return image, (1.0, 1.0)  # the data pipeline resized it already
-        scale = min(self._target_min_size() / short, self.max_size / long)
+        scale, size = resized_size(h, w, self._target_min_size(), self.max_size)
+        if size == (h, w):
+            return image, (1.0, 1.0)
         resized = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
                                 align_corners=False)[0]
         return resized, (resized.shape[-2] / h, resized.shape[-1] / w)

@@ -17,7 +17,7 @@ def _voc(root, count=8):
         write_image(root / "JPEGImages" / f"{name}.jpg", height, width, 20 * i)
         (root / "Annotations" / f"{name}.xml").write_text(voc_xml(height, width, [("obj", (2, 3, 10 + i, 12), 0)]))
     (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(names))
-    transforms = build_transforms(True, [16, 20, 24], 40, flip_prob=0.5, color_jitter=0.2)
+    transforms = build_transforms(True, flip_prob=0.5, color_jitter=0.2)
     return VOCDataset(root, "train", transforms=transforms)
 
 

@@ -1,7 +1,7 @@
 import torch
 
 from detkit.modeling.roi_heads.box_head import TwoMLPHead
-from detkit.modeling.roi_heads.fast_rcnn import RoIHeads
+from detkit.modeling.roi_heads.roi_heads import RoIHeads
 from detkit.modeling.roi_heads.poolers import LevelMapper, RoIPooler
 from detkit.modeling.roi_heads.predictors import FastRCNNPredictor
 

@@ -1,0 +1,93 @@
+"""RoI heads: sample proposals, pool their features, run the box head and predictor; losses or detections.
+
+N images, R sampled regions over the batch, K + 1 classes with 0 = background. Boxes are x1, y1, x2, y2 in pixels
+of the resized batch image. Sampling is hierarchical (Fast R-CNN §2.3): batch_size_per_image regions from each of
+the N images, at most positive_fraction of them foreground (IoU >= fg_iou_thresh with a ground-truth box), the rest
+background (IoU in [bg_iou_lo, bg_iou_thresh)); regions below bg_iou_lo are neither. Ground-truth boxes join the
+proposals in training.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from detkit.box_ops import BoxCoder, box_iou
+from detkit.matching import BalancedSampler, Matcher
+from detkit.modeling.roi_heads.fast_rcnn import fast_rcnn_inference, fast_rcnn_losses
+
+IGNORED = -1
+
+
+class RoIHeads(nn.Module):
+    """Proposal sampling, pooling, box head and predictor; losses in training, detections in eval."""
+
+    def __init__(self, pooler: nn.Module, box_head: nn.Module, box_predictor: nn.Module, *,
+                 fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, bg_iou_lo: float = 0.0,
+                 batch_size_per_image: int = 512, positive_fraction: float = 0.25,
+                 bbox_reg_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0), score_thresh: float = 0.05,
+                 nms_thresh: float = 0.5, detections_per_img: int = 100, min_box_size: float = 1e-2) -> None:
+        super().__init__()
+        if not 0.0 <= bg_iou_lo <= bg_iou_thresh:
+            raise ValueError(f"bg_iou_lo {bg_iou_lo} must be in [0, bg_iou_thresh = {bg_iou_thresh}]")
+        self.pooler = pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+        self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.bg_iou_lo = bg_iou_lo
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self.box_coder = BoxCoder(bbox_reg_weights)
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        self.min_box_size = min_box_size
+
+    def forward(self, features: Sequence[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
+                targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Detections per image (empty in training) and losses (empty in eval)."""
+        if self.training:
+            if targets is None:
+                raise ValueError("the RoI heads need targets in training mode")
+            proposals, labels, regression_targets = self.sample_proposals(proposals, targets)
+        box_features = self.box_head(self.pooler(features, proposals))
+        class_logits, box_deltas = self.box_predictor(box_features)
+        if self.training:
+            return [], fast_rcnn_losses(class_logits.float(), box_deltas.float(), labels, regression_targets)
+        return fast_rcnn_inference(class_logits.float(), box_deltas.float(), proposals, image_sizes, self.box_coder,
+                                   score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+                                   detections_per_img=self.detections_per_img, min_box_size=self.min_box_size), {}
+
+    def label_proposals(self, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Per proposal: its class (0 background, -1 ignored) and the index of its ground-truth box (-1 none)."""
+        if gt_boxes.numel() == 0:
+            matches = torch.full((boxes.shape[0],), -1, dtype=torch.int64, device=boxes.device)
+            label = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+            if self.bg_iou_lo > 0:  # IoU 0 with everything: below the background band
+                label.fill_(IGNORED)
+            return label, matches
+        iou = box_iou(gt_boxes, boxes)
+        matches = self.proposal_matcher(iou)
+        label = gt_labels[matches.clamp(min=0)].to(torch.int64)
+        label[matches < 0] = 0  # below bg_iou_thresh is background; thresholds equal leave no ignore band
+        if self.bg_iou_lo > 0:
+            label[(matches < 0) & (iou.max(dim=0).values < self.bg_iou_lo)] = IGNORED
+        return label, matches
+
+    def sample_proposals(self, proposals: list[Tensor], targets: list[dict[str, Tensor]]
+                         ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Sampled proposals per image (ground truth added), their labels (R,) and regression targets (R, 4)."""
+        sampled_boxes, labels, matched_gt = [], [], []
+        for boxes, target in zip(proposals, targets):
+            gt_boxes, gt_labels = target["boxes"].to(boxes.dtype), target["labels"]
+            boxes = torch.cat([boxes, gt_boxes])
+            label, matches = self.label_proposals(boxes, gt_boxes, gt_labels)
+            if gt_boxes.numel() == 0:
+                gt_boxes = boxes.new_zeros((1, 4))
+            pos, neg = self.sampler([label])
+            keep = torch.nonzero(pos[0] | neg[0]).squeeze(1)
+            sampled_boxes.append(boxes[keep])
+            labels.append(label[keep])
+            matched_gt.append(gt_boxes[matches[keep].clamp(min=0)])
+        regression_targets = self.box_coder.encode(torch.cat(matched_gt), torch.cat(sampled_boxes))
+        return sampled_boxes, torch.cat(labels), regression_targets

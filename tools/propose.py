@@ -1,0 +1,73 @@
+"""Fill a config's proposal stores (data.train.proposals / data.test.proposals) and print their recall.
+
+    python tools/propose.py CONFIG [--split train|test|all] [--workers N] [--mode fast|quality]
+                            [--from-rpn WEIGHTS] [KEY=VALUE ...]
+
+Selective search (proposals.*) or a trained Faster R-CNN's RPN (--from-rpn) runs over the images missing from
+each store, so a stopped run resumes and a finished one costs nothing. Writes <store>/<image_id>.npy, meta.json
+and, when the split has ground truth, recall.json.
+"""
+import argparse
+import signal
+import sys
+
+from detkit.cli import add_common_args, run
+from detkit.config import load_config
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(args: argparse.Namespace) -> int:
+    from detkit.data.proposals import RECALL_FILE, format_recall_table  # heavy imports after argument parsing
+    from detkit.engine.workflow import ensure_proposals
+    from detkit.errors import DetkitError
+
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"proposals.workers={args.workers}")
+    if args.mode is not None:
+        overrides.append(f"proposals.mode={args.mode}")
+    if args.from_rpn is not None:
+        overrides += ["proposals.method=rpn", f"proposals.rpn_weights={args.from_rpn}"]
+    cfg = load_config(args.config, overrides)
+    splits = ["train", "test"] if args.split == "all" else [args.split]
+    unset = [s for s in splits if not getattr(cfg.data, s).proposals]
+    if len(unset) == len(splits):
+        keys = " / ".join(f"data.{s}.proposals" for s in splits)
+        raise DetkitError(f"{args.config} sets no proposal store ({keys}); add one, e.g. "
+                          f"data.{splits[-1]}.proposals=outputs/proposals/{splits[-1]}")
+    signal.signal(signal.SIGTERM, _stop)
+    for split in splits:
+        if split in unset:
+            print(f"data.{split}.proposals is not set: {split} split skipped")
+            continue
+        try:
+            store = ensure_proposals(cfg, split, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            store = getattr(cfg.data, split).proposals
+            print(f"propose.py: stopped; the finished images of the {split} split stay in {store}, run the same "
+                  f"command again to finish", file=sys.stderr)
+            return 130
+        recall = store / RECALL_FILE
+        if recall.is_file():
+            import json
+
+            print(format_recall_table(json.loads(recall.read_text()), title=f"{split}: {store}"))
+        else:
+            print(f"{split}: {store} (no ground truth, no recall)")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="propose.py", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="YAML config whose data.<split>.proposals names the store")
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. proposals.top_k=1000")
+    parser.add_argument("--split", choices=["train", "test", "all"], default="all", help="which split (default all)")
+    parser.add_argument("--workers", type=int, help="processes for selective search (proposals.workers)")
+    parser.add_argument("--mode", choices=["fast", "quality"], help="selective search setting (proposals.mode)")
+    parser.add_argument("--from-rpn", metavar="WEIGHTS", help="proposals from a trained Faster R-CNN's RPN")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common_args(parser)
+    run(main, parser)
