@@ -1,5 +1,6 @@
 import torch
 
+from detkit.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detkit.modeling.roi_heads.box_head import TwoMLPHead
 from detkit.modeling.roi_heads.roi_heads import RoIHeads
 from detkit.modeling.roi_heads.poolers import LevelMapper, RoIPooler
@@ -53,11 +54,11 @@ def test_ground_truth_is_added_and_matched_as_foreground():
 
 def test_postprocess_keeps_top_detections_in_image_bounds():
     heads = make_heads().eval()
-    heads.detections_per_img = 2
     proposals = [torch.tensor([[0, 0, 20, 20.], [30, 30, 60, 60.], [0, 0, 70, 70.]])]
     logits = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [0.0, 4.0, 0.0]])
     deltas = torch.zeros(3, 12)
-    dets = heads.postprocess(logits, deltas, proposals, [(64, 64)])
+    dets = fast_rcnn_inference(logits, deltas, proposals, [(64, 64)], heads.box_coder, score_thresh=0.05,
+                               nms_thresh=0.5, detections_per_img=2, min_box_size=1e-2)
     assert len(dets[0]["boxes"]) == 2
     assert dets[0]["scores"][0] >= dets[0]["scores"][1]
     assert (dets[0]["boxes"] <= 64).all()
