@@ -170,7 +170,7 @@ def rpn_propose_image(model: nn.Module, image: np.ndarray, *, min_size: float = 
                       device: str | torch.device = "cpu") -> np.ndarray:
     """A trained Faster R-CNN's RPN proposals (P, 4) float32 in the pixels of ``image`` (HWC uint8 RGB)."""
     model.eval()
-    batch, _ = model.preprocessor([to_tensor(image).to(device)])
+    batch, _, _ = model.preprocessor([to_tensor(image).to(device)])
     features = model.backbone(batch.tensors)
     proposals, _ = model.rpn(tuple(batch.tensors.shape[-2:]), batch.image_sizes, list(features.values()))
     (h, w), (height, width) = batch.image_sizes[0], image.shape[:2]

@@ -204,7 +204,7 @@ def test_rpn_proposals_come_from_the_trained_weights_in_stored_image_pixels(voc5
     model.eval()
     with torch.no_grad():  # the RPN's own boxes on the 80x120 resized image, halved: the stored-image pixels
         image = read_image(voc5 / "JPEGImages" / "im0.jpg")
-        batch, _ = model.preprocessor([to_tensor(image)])
+        batch, _, _ = model.preprocessor([to_tensor(image)])
         assert batch.image_sizes == [(80, 120)]
         raw, _ = model.rpn(tuple(batch.tensors.shape[-2:]), batch.image_sizes,
                            list(model.backbone(batch.tensors).values()))
