@@ -1,7 +1,7 @@
 import torch
 
-from detkit.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detkit.modeling.roi_heads.box_head import TwoMLPHead
+from detkit.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detkit.modeling.roi_heads.roi_heads import RoIHeads
 from detkit.modeling.roi_heads.poolers import LevelMapper, RoIPooler
 from detkit.modeling.roi_heads.predictors import FastRCNNPredictor
@@ -57,8 +57,9 @@ def test_postprocess_keeps_top_detections_in_image_bounds():
     proposals = [torch.tensor([[0, 0, 20, 20.], [30, 30, 60, 60.], [0, 0, 70, 70.]])]
     logits = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [0.0, 4.0, 0.0]])
     deltas = torch.zeros(3, 12)
-    dets = fast_rcnn_inference(logits, deltas, proposals, [(64, 64)], heads.box_coder, score_thresh=0.05,
-                               nms_thresh=0.5, detections_per_img=2, min_box_size=1e-2)
+    dets = fast_rcnn_inference(logits, deltas, proposals, [(64, 64)], heads.box_coder,
+                               score_thresh=heads.score_thresh, nms_thresh=heads.nms_thresh,
+                               detections_per_img=heads.detections_per_img, min_box_size=heads.min_box_size)
     assert len(dets[0]["boxes"]) == 2
     assert dets[0]["scores"][0] >= dets[0]["scores"][1]
     assert (dets[0]["boxes"] <= 64).all()
