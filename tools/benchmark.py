@@ -4,6 +4,7 @@
     python tools/benchmark.py bccd [--root BCCD] [--iters 300] [--sides torchvision,detkit] [KEY=VALUE ...]
     python tools/benchmark.py infer CONFIG [--weights W] [--images PATH ...] [--limit 72] [--rounds 2] [KEY=VALUE ...]
     python tools/benchmark.py train-gpu [--root BCCD] [--iters 1500] [--batch 8] [--smoke] [--json PATH]
+    python tools/benchmark.py elastic [--out DIR] [--iters 6] [--kill-after 2]
 """
 import argparse
 import importlib
@@ -18,6 +19,8 @@ COMMANDS = {
     "infer": ("detkit.benchmarks.infer", "a trained detector vs its torchvision twin (same weights): inference img/s"),
     "train-gpu": ("detkit.benchmarks.train_gpu", "detkit vs torchvision R50-FPN trained on BCCD on a GPU, one process "
                   "(--smoke: a few iterations on the CPU)"),
+    "elastic": ("detkit.benchmarks.elastic", "a worker killed under torchrun --max-restarts 1: the run resumes by "
+                "itself to the weights of an uninterrupted one"),
 }
 
 
