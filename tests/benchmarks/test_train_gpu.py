@@ -30,5 +30,5 @@ def test_train_gpu_smoke_prints_both_sides_and_ratios(tmp_path):
 def test_train_gpu_names_a_folder_without_bccd(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "train-gpu", "--root", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 1 and "is not a BCCD folder" in proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "is not a BCCD folder" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
