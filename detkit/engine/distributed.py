@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -99,15 +99,6 @@ def gather_sharded(items: Sequence[Any], num_items: int) -> list[Any] | None:
     return ordered
 
 
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's `value` on every rank."""
-    if get_world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """The element-wise mean of a tensor over ranks (the tensor itself when alone)."""
     if get_world_size() == 1:
@@ -115,19 +106,3 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values)
     return values / get_world_size()
-
-
-def main_process_first(fn: Callable[[], Any]) -> Any:
-    """Run `fn` on rank 0, then (after it succeeded) on the other ranks; return its result."""
-    if is_main_process():
-        result = fn()
-        barrier()
-        return result
-    barrier()
-    return fn()
-
-
-def shutdown() -> None:
-    """Leave the process group (nothing when there is none)."""
-    if is_initialized():
-        dist.destroy_process_group()

@@ -133,3 +133,14 @@ def test_two_processes_killed_then_one_resumes_to_the_same_weights(one_process, 
     assert not (out / "model_final.pth").exists()
     _train(out, resume=True)  # one process takes over the global batch sequence at batch 3
     assert _max_diff(_weights(out / "model_final.pth"), _weights(one_process / "model_final.pth")) <= 1e-5
+
+
+def test_sync_bn_builds_batchnorm_alone_with_the_same_state_dict():
+    from detkit.config import load_config
+    from detkit.engine.workflow import build_detector
+
+    sync = build_detector(load_config(str(REPO / "configs" / "demo.yaml"), ["model.backbone.norm=sync_bn"]), 4)
+    plain = build_detector(load_config(str(REPO / "configs" / "demo.yaml"), ["model.backbone.norm=bn"]), 4)
+    assert sync.state_dict().keys() == plain.state_dict().keys()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in sync.modules())
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())  # no process group: plain BN
