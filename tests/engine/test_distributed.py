@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from detkit.benchmarks.elastic import _workers
 from detkit.data.loader import TrainStream
 from detkit.engine import distributed
 from detkit.engine.inference import AutocastDetector, resolve_test_amp, with_test_amp
@@ -95,6 +96,14 @@ def _train(out: Path, *extra: str, nproc: int = 1, resume: bool = False) -> None
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, which holds no files, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def _weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -127,8 +136,13 @@ def test_two_processes_killed_then_one_resumes_to_the_same_weights(one_process, 
     deadline = time.monotonic() + 300
     while proc.poll() is None and not (out / "last.pth").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # launcher and both workers, without warning
+    workers = _workers(proc.pid)  # torchrun may start them in sessions of their own: kill them by pid
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # and the launcher, without warning
     proc.wait(timeout=60)
+    while any(_alive(pid) for pid in workers):  # the lock goes with the last worker's exit
+        time.sleep(0.05)
     assert torch.load(out / "last.pth", weights_only=False)["iteration"] == 2
     assert not (out / "model_final.pth").exists()
     _train(out, resume=True)  # one process takes over the global batch sequence at batch 3
