@@ -76,7 +76,7 @@ class ProposalsConfig:
 class BackboneConfig:
     name: Literal["vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     fpn: bool = True
-    norm: Literal["bn", "frozen_bn", "gn"] = "bn"
+    norm: Literal["bn", "frozen_bn", "gn", "sync_bn"] = "bn"  # sync_bn: BatchNorm statistics over all ranks
     weights: Optional[str] = None  # local torchvision-format ImageNet state_dict
     trainable_layers: int = 5
     channels_last: bool = False  # NHWC convolutions (for tensor cores on GPU; no gain measured on CPU)
@@ -135,6 +135,13 @@ class TrainConfig:
 
 
 @dataclass
+class TestConfig:
+    # Mixed precision at test time: auto = bf16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX) or on
+    # CUDA, float32 elsewhere; see docs/benchmarks.md "CPU inference levers" for the measured speed and mAP.
+    amp: Literal["auto", "off", "bf16"] = "auto"
+
+
+@dataclass
 class OpsConfig:
     backend: Literal["auto", "triton", "torchvision"] = "auto"
 
@@ -150,5 +157,6 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     proposals: ProposalsConfig = field(default_factory=ProposalsConfig)

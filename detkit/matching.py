@@ -6,6 +6,9 @@ or BETWEEN_THRESHOLDS (ignored).
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Any, Iterator, Sequence
+
 import torch
 from torch import Tensor
 
@@ -56,8 +59,9 @@ class BalancedSampler:
             negative = torch.nonzero(labels_per_image == 0).flatten()
             num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
             num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
-            pos_idx = positive[torch.randperm(positive.numel(), device=positive.device)[:num_pos]]
-            neg_idx = negative[torch.randperm(negative.numel(), device=negative.device)[:num_neg]]
+            generator = _next_image_generator()
+            pos_idx = positive[_randperm(positive.numel(), positive.device, generator)[:num_pos]]
+            neg_idx = negative[_randperm(negative.numel(), negative.device, generator)[:num_neg]]
             pos_mask = torch.zeros_like(labels_per_image, dtype=torch.bool)
             neg_mask = torch.zeros_like(labels_per_image, dtype=torch.bool)
             pos_mask[pos_idx] = True
@@ -65,3 +69,41 @@ class BalancedSampler:
             pos_masks.append(pos_mask)
             neg_masks.append(neg_mask)
         return pos_masks, neg_masks
+
+
+# Per-image sampling seeds of the batch being trained (see per_image_sampling): [seeds, number of images sampled].
+_IMAGE_SEEDS: list[Any] | None = None
+
+
+@contextlib.contextmanager
+def per_image_sampling(seeds: Sequence[int]) -> Iterator[None]:
+    """Within the block, BalancedSampler draws image i's k-th sample from a generator seeded by (seeds[i], k).
+
+    The samplers meet the batch's images in order, once per stage (RPN, then RoI heads), so the j-th per-image
+    call is image j % N of stage j // N. Each image's draws then depend on its own seed only, not on its place in
+    the batch nor on the process it lands on: data-parallel training with B/W images per rank samples exactly what
+    one process with B images samples (and the global RNG stream is untouched).
+    """
+    global _IMAGE_SEEDS
+    previous, _IMAGE_SEEDS = _IMAGE_SEEDS, [list(seeds), 0]
+    try:
+        yield
+    finally:
+        _IMAGE_SEEDS = previous
+
+
+def _next_image_generator() -> torch.Generator | None:
+    """The generator for the next per-image draw inside per_image_sampling (None outside it)."""
+    if _IMAGE_SEEDS is None or not _IMAGE_SEEDS[0]:
+        return None
+    seeds, calls = _IMAGE_SEEDS
+    _IMAGE_SEEDS[1] += 1
+    stage, image = divmod(calls, len(seeds))
+    return torch.Generator().manual_seed(int(seeds[image]) * 1000 + stage)
+
+
+def _randperm(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """torch.randperm from the global stream, or from `generator` on the CPU (then moved to `device`)."""
+    if generator is None:
+        return torch.randperm(n, device=device)
+    return torch.randperm(n, generator=generator).to(device)

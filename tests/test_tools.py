@@ -79,7 +79,7 @@ def test_recipe_plus_weights_is_enough_the_class_list_travels_with_the_weights(t
 def test_infer_benchmark_times_the_model_and_its_torchvision_twin(trained_run, demo_cache, tmp_path):
     images = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[:2]
     proc = run_tool("benchmark.py", "infer", str(trained_run / "config.yaml"), "--images", *map(str, images),
-                    "--rounds", "1", "model.roi_heads.aligned=false", cwd=tmp_path)
+                    "--rounds", "1", "model.roi_heads.aligned=false", "test.amp=off", cwd=tmp_path)
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# 2 images on cpu")
     assert any(line.strip().startswith("detkit:") and "img/s" in line for line in lines)

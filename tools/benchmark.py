@@ -3,6 +3,8 @@
     python tools/benchmark.py ops [--warmup 5] [--reps 30] [--only PREFIX] [--json PATH]
     python tools/benchmark.py bccd [--root BCCD] [--iters 300] [--sides torchvision,detkit] [KEY=VALUE ...]
     python tools/benchmark.py infer CONFIG [--weights W] [--images PATH ...] [--limit 72] [--rounds 2] [KEY=VALUE ...]
+    python tools/benchmark.py train-gpu [--root BCCD] [--iters 1500] [--batch 8] [--smoke] [--json PATH]
+    python tools/benchmark.py elastic [--out DIR] [--iters 6] [--kill-after 2]
 """
 import argparse
 import importlib
@@ -15,6 +17,10 @@ COMMANDS = {
     "ops": ("detkit.ops.benchmark", "detkit's Triton NMS / RoI kernels vs torchvision.ops on a CUDA device"),
     "bccd": ("detkit.benchmarks.bccd", "detkit vs torchvision Faster R-CNN on BCCD, same recipe, one process"),
     "infer": ("detkit.benchmarks.infer", "a trained detector vs its torchvision twin (same weights): inference img/s"),
+    "train-gpu": ("detkit.benchmarks.train_gpu", "detkit vs torchvision R50-FPN trained on BCCD on a GPU, one process "
+                  "(--smoke: a few iterations on the CPU)"),
+    "elastic": ("detkit.benchmarks.elastic", "a worker killed under torchrun --max-restarts 1: the run resumes by "
+                "itself to the weights of an uninterrupted one"),
 }
 
 

@@ -13,6 +13,7 @@ from detkit.config import load_config, save_config
 
 
 def main(args: argparse.Namespace) -> int:
+    from detkit.engine.inference import with_test_amp
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.engine.workflow import build_split, class_list, evaluate, load_trained, setup, write_json
     from detkit.evaluation.coco import format_coco_table
@@ -21,6 +22,7 @@ def main(args: argparse.Namespace) -> int:
     out = check_not_a_run(args.out or Path(cfg.output_dir) / "eval", key="--out")
     device = setup(cfg, make_output_dir=False)
     model = load_trained(cfg, args.weights).to(device)  # the class list the weights were trained with
+    model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
     test_set = build_split(cfg, "test", class_list(cfg))
     metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc")
     print(format_coco_table(metrics))

@@ -27,6 +27,7 @@ def main(args: argparse.Namespace) -> int:
 
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
+    from detkit.engine.inference import with_test_amp
     from detkit.engine.workflow import class_list, load_trained, propose, setup
     from detkit.visualize import draw_detections, save_image
 
@@ -42,6 +43,7 @@ def main(args: argparse.Namespace) -> int:
     weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
     device = setup(cfg, make_output_dir=False)
     model = load_trained(cfg, weights).to(device)  # the class names and ids the weights were trained with
+    model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
     classes = class_list(cfg)
     names, category_ids = list(classes.names), classes.label_to_category_id
     results, skipped, done, propose_s = [], [], 0, 0.0

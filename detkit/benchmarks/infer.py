@@ -1,9 +1,11 @@
 """`tools/benchmark.py infer`: a trained detector and its torchvision twin (same weights) on the same images.
 
 The twin is `detkit.interop.torchvision.to_torchvision(model)`, so the two differ only in code, not in weights,
-anchors or thresholds. Images are decoded and moved to the device before timing; each round times every image
-through one side, then the other (rounds alternate which goes first), and the best round per side is reported
-(CUDA synchronised around each round). Works for ResNet-FPN detectors on CPU or CUDA.
+anchors or thresholds. Images are decoded and moved to the device before timing; each round passes every image
+through both sides, interleaved call by call with the order alternating (so that other jobs on a shared CPU slow
+both sides alike), and the best round per side is reported (CUDA synchronised around each call). Works for ResNet-FPN detectors on CPU or CUDA.
+detkit runs with the config's test-time settings: `test.amp` (auto: bf16 autocast where the CPU has native bf16)
+and `model.backbone.channels_last`; torchvision runs as it comes (float32). `--batch N` feeds both N images a call.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", nargs="+", metavar="PATH", help="image files or folders (default: the test split)")
     parser.add_argument("--limit", type=int, default=72, help="at most this many images (default 72)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per side; the best counts (default 2)")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward call, both sides (default 1)")
     parser.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE, e.g. threads=2")
 
 
@@ -42,16 +45,23 @@ def load_images(cfg: Config, paths: list[str] | None, limit: int) -> list[torch.
 
 
 @torch.no_grad()
-def timed_round(model: nn.Module, images: list[torch.Tensor]) -> tuple[float, list[dict]]:
-    """Images per second of one pass over `images`, and the detections (on the CPU)."""
-    if images[0].is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    outputs = [model([image])[0] for image in images]
-    if images[0].is_cuda:
-        torch.cuda.synchronize()
-    ips = len(images) / max(time.perf_counter() - start, 1e-9)
-    return ips, [{k: v.cpu() for k, v in out.items()} for out in outputs]
+def timed_interleaved(sides: dict[str, nn.Module], images: list[torch.Tensor],
+                      batch: int = 1) -> dict[str, tuple[float, list[dict]]]:
+    """Time every side over `images`, `batch` at a time, interleaved call by call (the order alternating), so that other jobs on a
+    shared machine slow both sides alike: per side, images per second and the detections (on the CPU)."""
+    seconds = {name: 0.0 for name in sides}
+    outputs: dict[str, list[dict]] = {name: [] for name in sides}
+    for call, k in enumerate(range(0, len(images), batch)):
+        for name in sorted(sides, reverse=call % 2 == 1):
+            if images[0].is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            result = sides[name](images[k:k + batch])
+            if images[0].is_cuda:
+                torch.cuda.synchronize()
+            seconds[name] += time.perf_counter() - start
+            outputs[name].extend({key: v.cpu() for key, v in out.items()} for out in result)
+    return {name: (len(images) / max(seconds[name], 1e-9), outputs[name]) for name in sides}
 
 
 def agreement(ours: list[dict], theirs: list[dict]) -> str:
@@ -67,8 +77,11 @@ def main(args: argparse.Namespace) -> int:
     from detkit.engine.workflow import load_trained, setup
     from detkit.interop.torchvision import to_torchvision
 
-    if args.limit < 1 or args.rounds < 1:
-        raise DetkitError(f"benchmark infer: --limit and --rounds must be >= 1, got {args.limit} and {args.rounds}.")
+    from detkit.engine.inference import resolve_test_amp, with_test_amp
+
+    if args.limit < 1 or args.rounds < 1 or args.batch < 1:
+        raise DetkitError(f"benchmark infer: --limit, --rounds and --batch must be >= 1, got {args.limit}, "
+                          f"{args.rounds} and {args.batch}.")
     cfg = load_config(args.config, args.overrides)
     weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
     device = setup(cfg, make_output_dir=False)
@@ -77,16 +90,16 @@ def main(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         twin = to_torchvision(model).to(device).eval()
     images = [im.to(device) for im in load_images(cfg, args.images, args.limit)]
-    sides = {"detkit": model, "torchvision": twin}
+    sides = {"detkit": with_test_amp(model, cfg.test.amp, device), "torchvision": twin}
     best = {name: 0.0 for name in sides}
     detections = {}
-    for round_index in range(args.rounds):
-        for name in sorted(sides, reverse=round_index % 2 == 1):
-            ips, detections[name] = timed_round(sides[name], images)
+    for _ in range(args.rounds):
+        for name, (ips, detections[name]) in timed_interleaved(sides, images, args.batch).items():
             best[name] = max(best[name], ips)
     threads = torch.get_num_threads() if device.type == "cpu" else None
     where = f"{device.type}" + (f", {threads} threads" if threads else f" ({torch.cuda.get_device_name()})")
-    print(f"# {len(images)} images on {where}, best of {args.rounds} rounds; torch {torch.__version__}")
+    print(f"# {len(images)} images on {where}, best of {args.rounds} rounds, batch {args.batch}; detkit test.amp "
+          f"{cfg.test.amp} -> {resolve_test_amp(cfg.test.amp, device)}; torch {torch.__version__}")
     for name in sides:
         print(f"{name:>12}: {best[name]:.2f} img/s")
     print(f"{'ratio':>12}: {best['detkit'] / best['torchvision']:.2f}x (detkit / torchvision); "

@@ -2,7 +2,10 @@
 
 Shapes and names: B images per batch; a batch is ``(list of B image tensors CHW float32, list of B target dicts)``
 since images of different sizes stay separate (the model pads them). A sample key is ``(dataset index, seed)``;
-the seed drives that sample's augmentation, so batch k is a pure function of (seed, k), whatever num_workers is.
+the seed drives that sample's augmentation (and, as the target's ``sample_seed``, the trainer's per-image RoI
+sampling), so batch k is a pure function of (seed, k), whatever num_workers is. Under data-parallel training the
+batch size is the GLOBAL batch: global batch k is the same keys for any number of processes W, and rank r takes
+its r-th slice of B / W keys, so every image keeps its seed and its augmentation whatever W is.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class TrainStream:
     """
 
     def __init__(self, num_samples: int, batch_size: int, *, seed: int = 0, start_iter: int = 0,
-                 group_ids: Sequence[int] | None = None) -> None:
+                 group_ids: Sequence[int] | None = None, rank: int = 0, world_size: int = 1) -> None:
         if num_samples <= 0:
             raise DetkitError("The training dataset is empty.")
         if batch_size <= 0:
@@ -51,7 +54,11 @@ class TrainStream:
             raise DetkitError(f"start_iter must be >= 0, got {start_iter}.")
         if group_ids is not None and len(group_ids) != num_samples:
             raise DetkitError(f"group_ids has {len(group_ids)} entries for {num_samples} samples.")
+        if world_size <= 0 or not 0 <= rank < world_size or batch_size % world_size:
+            raise DetkitError(f"solver.batch_size {batch_size} is the global batch and must split evenly over "
+                              f"{world_size} processes (rank {rank}); use a multiple of {world_size}.")
         self.num_samples, self.batch_size, self.seed, self.start_iter = num_samples, batch_size, seed, start_iter
+        self.rank, self.world_size = rank, world_size
         self.group_ids = list(group_ids) if group_ids is not None else [0] * num_samples
 
     def _keys(self) -> Iterator[SampleKey]:
@@ -78,7 +85,9 @@ class TrainStream:
         batches = self._batches()
         for _ in range(self.start_iter):
             next(batches)
-        yield from batches
+        per_rank = self.batch_size // self.world_size
+        for batch in batches:
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
 
 
 class _KeyedDataset(Dataset):
@@ -89,7 +98,8 @@ class _KeyedDataset(Dataset):
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, dict[str, Any]]:
         index, seed = key
-        return self.dataset.get(index, seed=seed)
+        image, target = self.dataset.get(index, seed=seed)
+        return image, {**target, "sample_seed": seed}
 
 
 def _exit_quietly(signum: int, frame: Any) -> None:
@@ -134,14 +144,17 @@ def _group_ids(dataset: Dataset) -> list[int]:
 
 def build_train_loader(dataset: Dataset, batch_size: int, *, num_workers: int = 2, seed: int = 0,
                        start_iter: int = 0, aspect_ratio_grouping: bool = True,
-                       pin_memory: bool = False) -> Iterator[Batch]:
+                       pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
     """Infinite iterator of training batches; batch k depends only on (seed, k), so start_iter=k resumes exactly.
+
+    With world_size W, `batch_size` is the global batch and this rank gets its slice of batch_size / W samples.
 
     ``dataset`` needs ``get(index, seed=...)``, ``len`` and, for grouping, ``aspect_ratios()``. Skipping to
     start_iter advances only the index stream; no image is decoded for skipped batches.
     """
     group_ids = _group_ids(dataset) if aspect_ratio_grouping else None
-    stream = TrainStream(len(dataset), batch_size, seed=seed, start_iter=start_iter, group_ids=group_ids)
+    stream = TrainStream(len(dataset), batch_size, seed=seed, start_iter=start_iter, group_ids=group_ids,
+                         rank=rank, world_size=world_size)
     # DataLoader draws its worker base seed from this generator, never from the global torch RNG.
     generator = torch.Generator().manual_seed(seed)
     _before_forking_workers(num_workers)

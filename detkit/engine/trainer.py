@@ -34,11 +34,13 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from detkit.engine import distributed
 from detkit.engine.checkpoint import (atomic_torch_save, load_checkpoint, rng_state, save_checkpoint,
                                       set_rng_state, unwrap_model)
 from detkit.engine.metrics import MetricsWriter, ThroughputMeter, to_json
 from detkit.engine.run_dir import exclusive_run, link_or_copy, remove_stale_temporaries, stored_config
 from detkit.errors import DetkitError
+from detkit.matching import per_image_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class Trainer:
         if grad_clip is not None and grad_clip <= 0:
             raise DetkitError(f"solver.grad_clip must be positive or None, got {grad_clip}.")
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.model = _data_parallel(model.to(self.device), self.device)
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.loader_factory = loader_factory
@@ -244,7 +246,7 @@ class Trainer:
                 self.previous_checkpoint.unlink(missing_ok=True)
                 self._unproven = False
             iteration += 1
-            meter.add(len(images), time.perf_counter() - tic)
+            meter.add(len(images) * distributed.get_world_size(), time.perf_counter() - tic)
             loss = sum(losses.values())
             progress.update(iteration=iteration, rng=rng_state(), loss=loss)
             for key, value in {**losses, "total_loss": loss}.items():
@@ -296,10 +298,13 @@ class Trainer:
 
     def _step(self, images: list[torch.Tensor], targets: list[dict[str, Any]], iteration: int) -> dict[str, float]:
         """Run one forward/backward/optimizer step; return the loss values."""
+        seeds = [target.get("sample_seed") for target in targets]
         images, targets = _to_device(images, targets, self.device)
-        with torch.autocast(self.device.type, dtype=AMP_MODES[self.amp], enabled=self.amp != "off"):
+        sampling = per_image_sampling(seeds) if None not in seeds else contextlib.nullcontext()
+        with sampling, torch.autocast(self.device.type, dtype=AMP_MODES[self.amp], enabled=self.amp != "off"):
             loss_dict = self.model(images, targets)
-        values = torch.stack([v.detach().float() for v in loss_dict.values()])
+        # The mean over ranks: the logged loss is the global batch's, and every rank sees the same non-finite one.
+        values = distributed.mean_over_ranks(torch.stack([v.detach().float() for v in loss_dict.values()]))
         if not bool(torch.isfinite(values).all()):
             bad = [k for k, v in zip(loss_dict, values.tolist()) if not math.isfinite(v)]
             raise FloatingPointError(
@@ -320,7 +325,7 @@ class Trainer:
     def _evaluate(self, iteration: int, metrics: MetricsWriter | None) -> dict[str, Any]:
         """Call eval_fn without disturbing the training RNG stream, log its result, and return to train mode."""
         with _isolated_rng(self.device):
-            result = dict(self.eval_fn(self.model))
+            result = dict(self.eval_fn(unwrap_model(self.model)))
         self.model.train()
         logger.info("Evaluation at iteration %d: %s", iteration, json.dumps(result, default=to_json))
         if metrics is not None:
@@ -397,6 +402,7 @@ def _to_device(
     moved = []
     for target in targets:
         target = dict(target)
+        target.pop("sample_seed", None)  # the loader's per-sample seed (see Trainer._step), not a model input
         ignore = target.pop("ignore", None)
         if ignore is not None and bool(ignore.any()):
             keep = ~ignore.to(torch.bool)
@@ -423,5 +429,17 @@ def _isolated_rng(device: torch.device) -> Iterator[None]:
 
 def _is_main_process() -> bool:
     """Whether this process writes files (rank 0, or no process group)."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return distributed.is_main_process()
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model wrapped in DistributedDataParallel when a process group of 2+ ranks exists (else as it is).
+
+    DDP averages gradients over ranks; each rank's losses are means over its B/W images, so the average is the
+    global batch's mean as long as every image contributes the same number of sampled anchors / RoIs (see
+    docs/benchmarks.md, "Data-parallel training").
+    """
+    if distributed.get_world_size() == 1:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)

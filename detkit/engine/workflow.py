@@ -21,8 +21,9 @@ from detkit.data.classes import ClassList, apply_class_list, trained_class_list,
 from detkit.data.image_io import set_max_image_pixels
 from detkit.data.loader import build_test_loader, build_train_loader
 from detkit.data.transforms import build_transforms
-from detkit.engine import run_dir
+from detkit.engine import distributed, run_dir
 from detkit.engine.checkpoint import load_model_weights, read_class_meta
+from detkit.engine.inference import with_test_amp
 from detkit.engine.solver import build_lr_scheduler, build_optimizer
 from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
@@ -63,7 +64,7 @@ def load_trained(cfg: Config, weights: str | Path) -> nn.Module:
     stored = ClassList.from_meta(read_class_meta(weights))
     classes = trained_class_list(m.class_names, m.category_ids, m.num_classes, stored, str(weights))
     m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
-    model = build_model(cfg, num_classes=len(classes))
+    model = build_detector(cfg, num_classes=len(classes))
     load_model_weights(weights, model)
     return prepare_for_test(model, cfg).eval()
 
@@ -162,6 +163,11 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: 
     # On the CPU, loader workers would compete with the model for the same cores: decode in-process.
     workers = num_workers if device.type == "cuda" else 0
     outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=workers), device)
+    return score(outputs, dataset, voc, img_per_s)
+
+
+def score(outputs: list[dict], dataset: Any, voc: bool, img_per_s: float) -> tuple[dict[str, float], list[dict]]:
+    """COCO metrics (and VOC AP) of detections, one per dataset image in order, and their COCO-format results."""
     results = detections_to_coco(outputs, dataset.image_ids, dataset.label_to_category_id)
     metrics = evaluate_coco(dataset.coco_gt(), results)  # per-class AP named by the ground truth's ids
     if voc:
@@ -178,13 +184,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before anything
     is written, other changes are warned about and recorded (detkit.engine.run_dir).
     """
-    run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
-    device = setup(cfg)
+    device, resume, overwrite = join_process_group(cfg, resume, overwrite)
+    device = setup(cfg) if device is None else device
     train_set, test_set = build_train_and_test(cfg, progress=progress)
-    changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
-    run_dir.record_config_changes(cfg.output_dir, changes)
-    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-    model = build_model(cfg, num_classes=len(cfg.model.class_names))
+    if distributed.is_main_process():
+        changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
+        run_dir.record_config_changes(cfg.output_dir, changes)
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    model = build_detector(cfg, num_classes=len(cfg.model.class_names))
     s = cfg.solver
     optimizer = build_optimizer(model, base_lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
     scheduler = build_lr_scheduler(optimizer, max_iter=s.max_iter, warmup_iters=s.warmup_iters,
@@ -193,10 +200,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
 
     def loader_factory(start_iter: int):
         return build_train_loader(train_set, s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                                  start_iter=start_iter, aspect_ratio_grouping=cfg.data.aspect_ratio_grouping)
+                                  start_iter=start_iter, aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
+                                  rank=distributed.get_rank(), world_size=distributed.get_world_size())
 
     def eval_fn(m: nn.Module) -> dict:
-        return evaluate(m, test_set, device, cfg.data.num_workers)[0]
+        return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers)[0]
 
     trainer = Trainer(model, optimizer, scheduler, loader_factory, max_iter=s.max_iter, output_dir=cfg.output_dir,
                       device=device, checkpoint_period=s.checkpoint_period, log_period=s.log_period, amp=s.amp,
@@ -204,7 +212,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
                       eval_period=cfg.train.eval_period, config=config_to_dict(cfg), progress=progress)
     summary = trainer.train(resume=resume)
     prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
-    metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc")
+    model = with_test_amp(model, cfg.test.amp, device)
+    metrics, results = evaluate_sharded(model, test_set, device, cfg.data.num_workers,
+                                        voc=cfg.data.test.format == "voc")
+    if not distributed.is_main_process():
+        return metrics
     metrics["train/img_per_s"] = summary.get("train/img_per_s", float("nan"))
     write_json(Path(cfg.output_dir) / "metrics.json", metrics)
     write_json(Path(cfg.output_dir) / "detections_test.json", results)
@@ -247,3 +259,51 @@ def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | N
                     workers=p.workers, rpn_model=rpn_model, rpn_weights=p.rpn_weights, device=device,
                     progress=progress)
     return store.root
+
+
+def build_detector(cfg: Config, num_classes: int) -> nn.Module:
+    """build_model, where model.backbone.norm sync_bn builds BatchNorm and, under a process group, converts it to
+    SyncBatchNorm (the two share one state_dict, so weights load either way)."""
+    backbone = cfg.model.backbone
+    if backbone.norm != "sync_bn":
+        return build_model(cfg, num_classes=num_classes)
+    backbone.norm = "bn"
+    try:
+        model = build_model(cfg, num_classes=num_classes)
+    finally:
+        backbone.norm = "sync_bn"
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model) if distributed.get_world_size() > 1 else model
+
+
+def join_process_group(cfg: Config, resume: bool, overwrite: bool) -> tuple[torch.device | None, bool, bool]:
+    """Under torchrun: join the group, let rank 0 alone check and lock the output folder, and after an elastic
+    restart resume from last.pth (whatever --overwrite said); return (device or None when alone, resume, overwrite).
+
+    Alone, the folder is prepared as before and the device comes from setup() afterwards.
+    """
+    if not distributed.launched_by_torchrun():
+        run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
+        return None, resume, overwrite
+    if distributed.restart_count() > 0:  # the group restarted after a lost worker: continue the run it left
+        resume, overwrite = True, False
+    device = distributed.init_from_env(setup(cfg, make_output_dir=False))
+    if distributed.is_main_process():
+        run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
+    distributed.barrier()  # the other ranks read last.pth only after rank 0 checked (and maybe cleared) the folder
+    return device, resume, overwrite
+
+
+def evaluate_sharded(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
+                     voc: bool = False) -> tuple[dict[str, float], list[dict]]:
+    """evaluate() with the images split over the ranks and the detections gathered on rank 0, which alone returns
+    the metrics and results (the other ranks return empty ones); one process calls evaluate() itself."""
+    if distributed.get_world_size() == 1:
+        return evaluate(model, dataset, device, num_workers, voc=voc)
+    shard = torch.utils.data.Subset(dataset, distributed.shard_indices(len(dataset)))
+    workers = num_workers if device.type == "cuda" else 0
+    outputs, img_per_s = predict(model, build_test_loader(shard, batch_size=1, num_workers=workers), device)
+    total_img_per_s = float(distributed.mean_over_ranks(torch.tensor(img_per_s, device=device))) * distributed.get_world_size()
+    gathered = distributed.gather_sharded(outputs, len(dataset))
+    if gathered is None:
+        return {}, []
+    return score(gathered, dataset, voc, total_img_per_s)
