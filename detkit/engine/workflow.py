@@ -178,6 +178,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before anything
     is written, other changes are warned about and recorded (detkit.engine.run_dir).
     """
+    if cfg.model.arch == "rcnn":  # a schedule of non-SGD stages around one fine-tuning run
+        from detkit.engine.rcnn_schedule import train_rcnn
+        return train_rcnn(cfg, resume=resume, progress=progress, overwrite=overwrite)
     run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
     device = setup(cfg)
     train_set, test_set = build_train_and_test(cfg, progress=progress)
