@@ -119,21 +119,28 @@ def window_accuracy(model: nn.Module, dataset: Any, device: torch.device, max_im
     model.eval()
     heads = model.roi_heads
     correct = total = fg_correct = fg_total = 0
-    torch.manual_seed(0)  # the same windows every time
-    for i in range(min(max_images, len(dataset))):
-        image, target = dataset[i]
-        target = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in target.items()}
-        batch, (t,), _ = model.preprocessor([image.to(device)], [target], None)
-        boxes, labels, _ = heads.sample_proposals([t["proposals"]], [t])
-        features = model.backbone(batch.tensors)
-        fc7, _ = heads.box_head(heads.pooler([features[n] for n in model.box_feature_names], boxes))
-        predicted = heads.box_predictor(fc7).argmax(dim=1)
-        correct += int((predicted == labels).sum())
-        total += labels.numel()
-        fg = labels > 0
-        fg_correct += int((predicted[fg] == labels[fg]).sum())
-        fg_total += int(fg.sum())
-    return {"finetune/window_accuracy": correct / max(total, 1), "finetune/fg_window_accuracy": fg_correct / max(fg_total, 1)}
+    with torch.random.fork_rng():  # the same windows every time, the caller's random stream untouched
+        torch.manual_seed(0)
+        for i in range(min(max_images, len(dataset))):
+            c, t, fc, ft = _image_window_accuracy(model, heads, dataset[i], device)
+            correct, total, fg_correct, fg_total = correct + c, total + t, fg_correct + fc, fg_total + ft
+    return {"finetune/window_accuracy": correct / max(total, 1),
+            "finetune/fg_window_accuracy": fg_correct / max(fg_total, 1)}
+
+
+def _image_window_accuracy(model: nn.Module, heads: nn.Module, sample: Any, device: torch.device
+                           ) -> tuple[int, int, int, int]:
+    """Correct and total sampled windows of one image, all and foreground only."""
+    image, target = sample
+    target = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in target.items()}
+    batch, (t,), _ = model.preprocessor([image.to(device)], [target], None)
+    boxes, labels, _ = heads.sample_proposals([t["proposals"]], [t])
+    features = model.backbone(batch.tensors)
+    fc7, _ = heads.box_head(heads.pooler([features[n] for n in model.box_feature_names], boxes))
+    predicted = heads.box_predictor(fc7).argmax(dim=1)
+    fg = labels > 0
+    return (int((predicted == labels).sum()), labels.numel(), int((predicted[fg] == labels[fg]).sum()),
+            int(fg.sum()))
 
 
 def assemble_model(cfg: Config, device: torch.device) -> nn.Module:
@@ -152,12 +159,22 @@ def assemble_model(cfg: Config, device: torch.device) -> nn.Module:
     return model.to(device).eval()
 
 
+def clear_stages(output_dir: str | Path) -> None:
+    """Deletes the stage folders of an earlier run (--overwrite starts over: no stage may count as done)."""
+    import shutil
+
+    for name in STAGES:
+        shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
+
+
 def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Runs every R-CNN stage, writes model_final.pth, metrics.json and detections.png; returns the metrics."""
     from detkit.engine.workflow import (build_train_and_test, evaluate, save_detection_picture, setup, write_json)
     from detkit.evaluation.coco import format_coco_table
 
     run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
+    if overwrite:
+        clear_stages(cfg.output_dir)
     device = setup(cfg)
     start = time.perf_counter()
     train_set, test_set = build_train_and_test(cfg, progress=progress)  # fills the proposal stores

@@ -146,3 +146,15 @@ def test_feature_and_svm_stages_resume_without_redoing_finished_work(tmp_path):
     assert again["svm/fitted_classes"] == 1 and (folder / "class_1.npz").stat().st_mtime_ns == stamp
     with np.load(folder / "svms.npz") as svms:
         assert svms["weight"].shape == (2, 5)
+
+
+def test_overwrite_clears_finished_stages(tmp_path):
+    from detkit.engine.rcnn_schedule import STAGES, clear_stages
+    from detkit.engine.stages import stage_done
+
+    for name in STAGES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "stage_done.json").write_text("{}")
+    (tmp_path / "keep.txt").write_text("x")
+    clear_stages(tmp_path)
+    assert not any(stage_done(tmp_path / name) for name in STAGES) and (tmp_path / "keep.txt").exists()

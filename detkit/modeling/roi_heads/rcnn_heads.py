@@ -43,9 +43,9 @@ class RCNNHeads(RoIHeads):
     def region_features(self, features: Sequence[Tensor], proposals: list[Tensor],
                         chunk: int = 256) -> tuple[Tensor, Tensor]:
         """fc7 (R, D) and pool5 (R, D5) of every region, warped and run in chunks of ``chunk`` regions."""
-        boxes = torch.cat(proposals) if proposals else features[0].new_zeros((0, 4))
-        image_index = torch.cat([torch.full((len(p),), i, dtype=torch.int64) for i, p in enumerate(proposals)]) \
-            if proposals else torch.zeros(0, dtype=torch.int64)
+        boxes = torch.cat(proposals)
+        image_index = torch.cat([torch.full((len(p),), i, dtype=torch.int64, device=boxes.device)
+                                 for i, p in enumerate(proposals)])
         fc7s, pool5s = [], []
         for start in range(0, max(boxes.shape[0], 1), chunk):
             idx = slice(start, start + chunk)
