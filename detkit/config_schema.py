@@ -118,14 +118,36 @@ class RoIHeadsConfig:
 
 
 @dataclass
+class RCNNConfig:
+    """R-CNN (Girshick et al. 2014): warping, SVM training with hard-negative mining, box regression."""
+
+    warp_size: int = 227  # regions are warped to warp_size x warp_size (§2.1)
+    context_pad: int = 16  # pixels of context around each region in the warped frame (appendix A)
+    feature_norm: float = 20.0  # fc7 and pool5 features rescaled to this mean L2 norm (reference code)
+    svm_C: float = 0.001  # liblinear C (reference code)
+    svm_bias_scale: float = 10.0  # liblinear -B: the bias feature's value (reference code)
+    svm_pos_weight: float = 2.0  # liblinear -w1: weight of the positives (reference code)
+    svm_neg_iou: float = 0.3  # negatives: IoU below this with every box of the class (§2.3, grid-searched)
+    svm_rounds: int = 5  # hard-negative mining rounds at most (stops earlier when no new hard negative appears)
+    svm_init_negatives: int = 5000  # random negatives of the first round, per class
+    svm_cache_size: int = 50000  # bound on the hard-negative cache, per class
+    reg_alpha: float = 1000.0  # ridge lambda of the box regressors (appendix C)
+    reg_iou: float = 0.6  # proposals with IoU above this to a ground-truth box train the regressors (appendix C)
+    features_per_image: int = 2000  # proposals per training image whose features are cached (top of the store)
+    score_thresh: float = -1.0  # SVM margin a detection needs before NMS
+    nms_thresh: float = 0.3  # per-class NMS IoU at test time (§2.2)
+
+
+@dataclass
 class ModelConfig:
-    arch: Literal["faster_rcnn", "fast_rcnn"] = "faster_rcnn"
+    arch: Literal["faster_rcnn", "fast_rcnn", "rcnn"] = "faster_rcnn"
     num_classes: Optional[int] = None  # foreground classes; None takes the class list's length
     class_names: Optional[list[str]] = None  # label k names class_names[k - 1]; None: the training set's classes
     category_ids: Optional[list[int]] = None  # COCO category id of each class; None: the training set's (VOC: 1..K)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    rcnn: RCNNConfig = field(default_factory=RCNNConfig)
 
 
 @dataclass

@@ -184,6 +184,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before anything
     is written, other changes are warned about and recorded (detkit.engine.run_dir).
     """
+    if cfg.model.arch == "rcnn":  # a schedule of non-SGD stages around one fine-tuning run (one process)
+        from detkit.engine.rcnn_schedule import train_rcnn
+        return train_rcnn(cfg, resume=resume, progress=progress, overwrite=overwrite)
     device, resume, overwrite = join_process_group(cfg, resume, overwrite)
     device = setup(cfg) if device is None else device
     train_set, test_set = build_train_and_test(cfg, progress=progress)

@@ -25,8 +25,9 @@ from detkit.modeling.roi_heads.roi_heads import RoIHeads
 
 # Config sections that mean nothing to an arch: setting one of them is an error (a key silently ignored misleads).
 INAPPLICABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "faster_rcnn": (),
-    "fast_rcnn": ("model.rpn",),  # proposals come from a store (model.rpn.* applies when an RPN fills it)
+    "faster_rcnn": ("model.rcnn",),
+    "fast_rcnn": ("model.rpn", "model.rcnn"),  # proposals come from a store (model.rpn.* applies when an RPN fills it)
+    "rcnn": ("model.rpn",),
 }
 
 
@@ -133,15 +134,39 @@ def build_fast_rcnn(cfg: Config, num_classes: int) -> FastRCNN:
     return FastRCNN(num_classes=num_classes + 1, **_common_parts(cfg, num_classes))
 
 
+def build_rcnn(cfg: Config, num_classes: int) -> TwoStageDetector:
+    """R-CNN: warped regions through the whole CNN, SVMs and ridge regressors (detkit.modeling.detectors.rcnn)."""
+    from detkit.modeling.detectors.rcnn import RCNN, build_rcnn_heads
+    from detkit.modeling.roi_heads.region_cnn import build_region_cnn
+
+    bb, rh, r = cfg.model.backbone, cfg.model.roi_heads, cfg.model.rcnn
+    if bb.fpn:
+        raise DetkitError("config key 'model.backbone.fpn' must be false for model.arch=rcnn (the CNN sees one "
+                          "warped region, there is no pyramid)")
+    if not 0 <= 2 * r.context_pad < r.warp_size:
+        raise DetkitError(f"config keys 'model.rcnn.context_pad' ({r.context_pad}) and 'model.rcnn.warp_size' "
+                          f"({r.warp_size}): need 0 <= 2 * context_pad < warp_size")
+    cnn = build_region_cnn(bb.name, r.warp_size, norm=bb.norm, weights=bb.weights,
+                           trainable_layers=bb.trainable_layers)
+    heads = build_rcnn_heads(cnn, num_classes + 1, warp_size=r.warp_size, context_pad=r.context_pad,
+                             batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
+                             score_thresh=r.score_thresh, nms_thresh=r.nms_thresh,
+                             detections_per_img=rh.detections_per_img)
+    preprocessor = ImagePreprocessor(cfg.input.min_size, cfg.input.max_size, pixel_mean=cfg.input.pixel_mean,
+                                     pixel_std=cfg.input.pixel_std, test_min_size=cfg.input.test_min_size)
+    return RCNN(num_classes + 1, roi_heads=heads, preprocessor=preprocessor)
+
+
 ARCHS: dict[str, Callable[[Config, int], TwoStageDetector]] = {
     "faster_rcnn": build_faster_rcnn,
     "fast_rcnn": build_fast_rcnn,
+    "rcnn": build_rcnn,
 }
 
 
 def needs_proposals(arch: str) -> bool:
     """True for an arch whose detector reads proposals from the data (no proposal generator of its own)."""
-    return arch in ("fast_rcnn",)
+    return arch in ("fast_rcnn", "rcnn")
 
 
 def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector:

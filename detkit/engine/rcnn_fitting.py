@@ -1,0 +1,161 @@
+"""R-CNN's non-SGD stages (Girshick et al. 2014, §2.3, appendix C): SVMs with hard-negative mining and box
+regression, on the feature cache (detkit.engine.rcnn_features). Each is resumable: the SVM stage per class.
+
+K foreground classes (labels 1..K). Boxes x1, y1, x2, y2 in stored-image pixels. Figures go to the stage folder's
+metrics.jsonl (one line per mining round or fit) and to what the function returns (its stage_done.json).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detkit.box_ops import box_iou
+from detkit.engine.rcnn_bbox import apply_box_regressor, fit_box_regressor, mean_box_error
+from detkit.engine.rcnn_features import FeatureCache
+from detkit.engine.rcnn_svm import SVMSettings, train_svm_with_hard_negatives
+
+NO_POSITIVE_BIAS = -10.0  # an SVM for a class with no training box: scores every region as a clear negative
+
+
+def append_jsonl(folder: Path, record: dict[str, Any]) -> None:
+    """Appends one record to folder/metrics.jsonl."""
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+
+
+class CachedNegatives:
+    """A NegativePool over the feature cache: the chosen rows of each image's memory-mapped fc7, times a scale."""
+
+    def __init__(self, fc7s: list[np.ndarray], rows: list[np.ndarray], scale: float) -> None:
+        self.fc7s, self.rows, self.scale = fc7s, rows, scale
+        self.offsets = np.cumsum([0] + [len(r) for r in rows])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def scores(self, weight: np.ndarray, bias: float) -> np.ndarray:
+        """Scores (Q,) of every negative, one image at a time."""
+        w = (weight * self.scale).astype(np.float32)
+        parts = [np.asarray(f[r], dtype=np.float32) @ w + bias for f, r in zip(self.fc7s, self.rows) if len(r)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Rescaled rows (len(index), D) of the given negatives."""
+        image = np.searchsorted(self.offsets, index, side="right") - 1
+        out = np.empty((len(index), self.fc7s[0].shape[1]), dtype=np.float32)
+        for i in np.unique(image):
+            sel = image == i
+            out[sel] = self.fc7s[i][self.rows[i][index[sel] - self.offsets[i]]]
+        return out * self.scale
+
+
+def mean_norm_scale(arrays: list[np.ndarray], target: float, max_rows: int = 20000) -> float:
+    """The factor that gives rows of the arrays (the first max_rows) a mean L2 norm of target (reference code: 20)."""
+    rows, norms = 0, []
+    for a in arrays:
+        if rows >= max_rows:
+            break
+        norms.append(np.linalg.norm(np.asarray(a[: max_rows - rows], dtype=np.float32), axis=1))
+        rows += len(norms[-1])
+    mean = float(np.concatenate(norms).mean()) if norms else 0.0
+    return target / mean if mean > 0 else 1.0
+
+
+def run_svm_stage(cache: FeatureCache, image_ids: list[int], num_classes: int, settings: SVMSettings, *,
+                  neg_iou: float, feature_norm: float, folder: Path, progress: bool = True) -> dict[str, Any]:
+    """Fits (or reuses, per class) one SVM per class; writes folder/class_<k>.npz and folder/svms.npz."""
+    images = [cache.load(i) for i in image_ids]
+    scale = mean_norm_scale([im.fc7[im.num_gt:] for im in images], feature_norm)
+    metrics: dict[str, Any] = {"svm/feature_scale": scale, "svm/fitted_classes": 0}
+    weights, biases = [], []
+    for k in tqdm(range(1, num_classes + 1), desc="svms", disable=not progress, dynamic_ncols=True):
+        path = folder / f"class_{k}.npz"
+        if not path.is_file():
+            w, b, summary = _fit_class(images, k, scale, settings, neg_iou, folder)
+            np.savez(path.with_name(path.name + ".tmp.npz"), weight=w, bias=b, **summary)
+            Path(str(path) + ".tmp.npz").replace(path)
+            metrics["svm/fitted_classes"] += 1
+        with np.load(path) as saved:
+            weights.append(saved["weight"])
+            biases.append(float(saved["bias"]))
+            metrics[f"svm/class_{k}/rounds"] = int(saved["rounds"])
+            metrics[f"svm/class_{k}/cache_sizes"] = saved["cache_sizes"].tolist()
+            metrics[f"svm/class_{k}/objectives"] = saved["objectives"].tolist()
+    np.savez(folder / "svms.npz", weight=np.stack(weights), bias=np.array(biases), scale=scale)
+    return metrics
+
+
+def _fit_class(images: list, k: int, scale: float, settings: SVMSettings, neg_iou: float,
+               folder: Path) -> tuple[np.ndarray, float, dict[str, np.ndarray]]:
+    positives, fc7s, rows = [], [], []
+    for im in images:
+        gt = im.boxes[: im.num_gt][im.gt_labels == k]
+        pos = np.flatnonzero((im.gt_labels == k) & ~im.gt_ignore)
+        positives.append(np.asarray(im.fc7[pos], dtype=np.float32))
+        if len(gt):
+            iou = box_iou(torch.from_numpy(gt), torch.from_numpy(im.boxes)).max(dim=0).values.numpy()
+            neg = np.flatnonzero(iou < neg_iou)
+        else:
+            neg = np.arange(len(im.boxes))
+        fc7s.append(im.fc7)
+        rows.append(neg)
+    pos_features = np.concatenate(positives) * scale
+    if len(pos_features) == 0:
+        empty = {"rounds": np.array(0), "cache_sizes": np.zeros(0), "objectives": np.zeros(0)}
+        return np.zeros(images[0].fc7.shape[1]), NO_POSITIVE_BIAS, empty
+
+    def log(r: Any) -> None:
+        append_jsonl(folder, {"class": k, "round": r.round, "cache_size": r.cache_size, "added": int(r.added.size),
+                              "evicted": r.evicted, "objective": r.objective})
+
+    w, b, history = train_svm_with_hard_negatives(pos_features, CachedNegatives(fc7s, rows, scale), settings, log)
+    summary = {"rounds": np.array(len(history)), "cache_sizes": np.array([h.cache_size for h in history]),
+               "objectives": np.array([h.objective for h in history])}
+    return w, b, summary  # for rescaled features: the predictor applies the scale (svm_feature_scale)
+
+
+def run_bbox_stage(cache: FeatureCache, image_ids: list[int], num_classes: int, box_coder: Any, *, reg_iou: float,
+                   alpha: float, feature_norm: float, folder: Path, holdout_every: int = 10) -> dict[str, Any]:
+    """Fits class-specific ridge regressors on cached pool5 (every holdout_every-th image held out for the error)."""
+    images = [cache.load(i) for i in image_ids]
+    scale = mean_norm_scale([im.pool5[im.num_gt:] for im in images], feature_norm)
+    data: dict[int, dict[str, list]] = {k: {"x": [], "p": [], "g": [], "held": []} for k in range(1, num_classes + 1)}
+    for n, im in enumerate(images):
+        keep = ~im.gt_ignore
+        gt, labels = im.boxes[: im.num_gt][keep], im.gt_labels[keep]
+        if len(gt) == 0:
+            continue
+        props = im.boxes[im.num_gt:]
+        iou, match = box_iou(torch.from_numpy(gt), torch.from_numpy(props)).max(dim=0)
+        sel = np.flatnonzero(iou.numpy() > reg_iou)
+        for r in sel:
+            d = data[int(labels[match[r]])]
+            d["x"].append(np.asarray(im.pool5[im.num_gt + r], dtype=np.float32) * scale)
+            d["p"].append(props[r])
+            d["g"].append(gt[match[r]])
+            d["held"].append(n % holdout_every == 0)
+    dim = images[0].pool5.shape[1]
+    weight, bias = np.zeros((num_classes, 4, dim), np.float32), np.zeros((num_classes, 4), np.float32)
+    before, after, held_count = [], [], 0
+    for k, d in data.items():
+        held = np.array(d["held"], dtype=bool)
+        if (~held).sum() < 2:
+            continue
+        x, p, g = np.stack(d["x"]), np.stack(d["p"]), np.stack(d["g"])
+        weight[k - 1], bias[k - 1] = fit_box_regressor(x[~held], p[~held], g[~held], box_coder, alpha=alpha)
+        if held.any():
+            before.append(mean_box_error(p[held], g[held]) * held.sum())
+            after.append(mean_box_error(apply_box_regressor(weight[k - 1], bias[k - 1], x[held], p[held], box_coder),
+                                        g[held]) * held.sum())
+            held_count += int(held.sum())
+    np.savez(folder / "regressors.npz", weight=weight, bias=bias, scale=scale)
+    metrics = {"bbox/heldout_proposals": held_count, "bbox/feature_scale": scale,
+               "bbox/heldout_error_before": sum(before) / max(held_count, 1),
+               "bbox/heldout_error_after": sum(after) / max(held_count, 1)}
+    append_jsonl(folder, metrics)
+    return metrics

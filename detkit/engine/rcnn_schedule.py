@@ -1,0 +1,204 @@
+"""R-CNN's training schedule (Girshick et al. 2014, §2.3): proposals -> fine-tuning -> features -> SVMs -> box
+regression, each a detkit.engine.stages Stage in its own folder under output_dir (skipped when done, resumed inside
+its folder when stopped: the Trainer from last.pth, the feature cache per image, the SVMs per class), then one
+model_final.pth holding the CNN, the SVMs and the regressors, evaluated on data.test with and without regression.
+
+Reads config keys (with detkit.engine.workflow, the edge where a config becomes arguments).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detkit.config import Config, config_to_dict, save_config
+from detkit.engine import run_dir
+from detkit.engine.checkpoint import atomic_torch_save, class_meta, load_model_weights
+from detkit.engine.rcnn_features import FeatureCache, cache_features
+from detkit.engine.rcnn_fitting import append_jsonl, run_bbox_stage, run_svm_stage
+from detkit.engine.rcnn_svm import SVMSettings
+from detkit.engine.solver import build_lr_scheduler, build_optimizer
+from detkit.engine.stages import Stage, run_stages
+from detkit.engine.trainer import Trainer
+from detkit.modeling.build import build_model
+
+STAGES = ("1_proposals", "2_finetune", "3_features", "4_svms", "5_bbox_reg")
+
+
+def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device, progress: bool = True) -> list[Stage]:
+    """The five stages of R-CNN training for a config whose class list is filled."""
+    out = Path(cfg.output_dir)
+    num_classes = len(cfg.model.class_names)
+    r = cfg.model.rcnn
+
+    def finetuned() -> nn.Module:
+        model = build_model(cfg, num_classes=num_classes)
+        load_model_weights(out / STAGES[1] / "model_final.pth", model)
+        return model.to(device).eval()
+
+    def proposals(folder: Path, resume: bool) -> dict[str, Any]:
+        counts = [len(train_set.proposals.load(rec.image_id)) for rec in train_set.records]
+        metrics = {"proposals/train_images": len(counts), "proposals/mean_per_image": sum(counts) / max(len(counts), 1)}
+        append_jsonl(folder, metrics)
+        return metrics
+
+    def features(folder: Path, resume: bool) -> dict[str, Any]:
+        plain = copy.copy(train_set)
+        plain.transforms = None  # features of the regions as stored (no flip, no jitter)
+        start = time.perf_counter()
+        metrics = cache_features(finetuned(), plain, FeatureCache(folder / "cache"), device,
+                                 max_proposals=r.features_per_image, progress=progress)
+        metrics["features/seconds"] = time.perf_counter() - start
+        append_jsonl(folder, metrics)
+        return metrics
+
+    def svms(folder: Path, resume: bool) -> dict[str, Any]:
+        settings = SVMSettings(C=r.svm_C, bias_scale=r.svm_bias_scale, pos_weight=r.svm_pos_weight,
+                               max_rounds=r.svm_rounds, init_negatives=r.svm_init_negatives,
+                               cache_size=r.svm_cache_size, seed=cfg.seed)
+        return run_svm_stage(FeatureCache(out / STAGES[2] / "cache"), _image_ids(train_set), num_classes, settings,
+                             neg_iou=r.svm_neg_iou, feature_norm=r.feature_norm, folder=folder, progress=progress)
+
+    def bbox(folder: Path, resume: bool) -> dict[str, Any]:
+        coder = build_model(cfg, num_classes=num_classes).roi_heads.box_coder
+        return run_bbox_stage(FeatureCache(out / STAGES[2] / "cache"), _image_ids(train_set), num_classes, coder,
+                              reg_iou=r.reg_iou, alpha=r.reg_alpha, feature_norm=r.feature_norm, folder=folder)
+
+    def finetune(folder: Path, resume: bool) -> dict[str, Any]:
+        return finetune_stage(cfg, train_set, test_set, device, folder, resume, progress)
+
+    runs = (proposals, finetune, features, svms, bbox)
+    return [Stage(name, _timed(run)) for name, run in zip(STAGES, runs)]
+
+
+def _timed(run: Any) -> Any:
+    def timed(folder: Path, resume: bool) -> dict[str, Any]:
+        start = time.perf_counter()
+        metrics = run(folder, resume)
+        return {**metrics, "seconds": time.perf_counter() - start}
+    return timed
+
+
+def _image_ids(dataset: Any) -> list[int]:
+    return [rec.image_id for rec in dataset.records]
+
+
+def finetune_stage(cfg: Config, train_set: Any, test_set: Any, device: torch.device, folder: Path, resume: bool,
+                   progress: bool) -> dict[str, Any]:
+    """Fine-tunes the CNN as a K + 1-way classifier of warped windows with the ordinary Trainer; held-out accuracy."""
+    from detkit.data.loader import build_train_loader
+
+    model = build_model(cfg, num_classes=len(cfg.model.class_names))
+    s = cfg.solver
+    optimizer = build_optimizer(model, base_lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    scheduler = build_lr_scheduler(optimizer, max_iter=s.max_iter, warmup_iters=s.warmup_iters,
+                                   warmup_factor=s.warmup_factor, policy=s.lr_policy, gamma=s.gamma,
+                                   steps=[max(1, round(f * s.max_iter)) for f in s.steps])
+
+    def loader_factory(start_iter: int):
+        return build_train_loader(train_set, s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                                  start_iter=start_iter, aspect_ratio_grouping=cfg.data.aspect_ratio_grouping)
+
+    trainer = Trainer(model, optimizer, scheduler, loader_factory, max_iter=s.max_iter, output_dir=folder,
+                      device=device, checkpoint_period=s.checkpoint_period, log_period=s.log_period, amp=s.amp,
+                      grad_clip=s.grad_clip, config=config_to_dict(cfg), progress=progress)
+    summary = trainer.train(resume=resume)
+    metrics = {"train/img_per_s": summary.get("train/img_per_s", float("nan")),
+               **window_accuracy(model, test_set, device)}
+    append_jsonl(folder, metrics)
+    return metrics
+
+
+@torch.no_grad()
+def window_accuracy(model: nn.Module, dataset: Any, device: torch.device, max_images: int = 50) -> dict[str, float]:
+    """Accuracy of the fine-tuned softmax on sampled windows (IoU >= 0.5 foreground) of the first test images."""
+    model.eval()
+    heads = model.roi_heads
+    correct = total = fg_correct = fg_total = 0
+    with torch.random.fork_rng():  # the same windows every time, the caller's random stream untouched
+        torch.manual_seed(0)
+        for i in range(min(max_images, len(dataset))):
+            c, t, fc, ft = _image_window_accuracy(model, heads, dataset[i], device)
+            correct, total, fg_correct, fg_total = correct + c, total + t, fg_correct + fc, fg_total + ft
+    return {"finetune/window_accuracy": correct / max(total, 1),
+            "finetune/fg_window_accuracy": fg_correct / max(fg_total, 1)}
+
+
+def _image_window_accuracy(model: nn.Module, heads: nn.Module, sample: Any, device: torch.device
+                           ) -> tuple[int, int, int, int]:
+    """Correct and total sampled windows of one image, all and foreground only."""
+    image, target = sample
+    target = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in target.items()}
+    batch, (t,), _ = model.preprocessor([image.to(device)], [target], None)
+    boxes, labels, _ = heads.sample_proposals([t["proposals"]], [t])
+    features = model.backbone(batch.tensors)
+    fc7, _ = heads.box_head(heads.pooler([features[n] for n in model.box_feature_names], boxes))
+    predicted = heads.box_predictor(fc7).argmax(dim=1)
+    fg = labels > 0
+    return (int((predicted == labels).sum()), labels.numel(), int((predicted[fg] == labels[fg]).sum()),
+            int(fg.sum()))
+
+
+def assemble_model(cfg: Config, device: torch.device) -> nn.Module:
+    """The fine-tuned CNN with the fitted SVMs and box regressors installed (eval mode)."""
+    import numpy as np
+
+    out = Path(cfg.output_dir)
+    model = build_model(cfg, num_classes=len(cfg.model.class_names))
+    load_model_weights(out / STAGES[1] / "model_final.pth", model)
+    predictor = model.roi_heads.box_predictor
+    with np.load(out / STAGES[3] / "svms.npz") as svm:
+        predictor.set_svms(torch.from_numpy(svm["weight"]).float(), torch.from_numpy(svm["bias"]).float(),
+                           float(svm["scale"]))
+    with np.load(out / STAGES[4] / "regressors.npz") as reg:
+        predictor.set_regressors(torch.from_numpy(reg["weight"]), torch.from_numpy(reg["bias"]), float(reg["scale"]))
+    return model.to(device).eval()
+
+
+def clear_stages(output_dir: str | Path) -> None:
+    """Deletes the stage folders of an earlier run (--overwrite starts over: no stage may count as done)."""
+    import shutil
+
+    for name in STAGES:
+        shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
+
+
+def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Runs every R-CNN stage, writes model_final.pth, metrics.json and detections.png; returns the metrics."""
+    from detkit.engine.workflow import (build_train_and_test, evaluate, save_detection_picture, setup, write_json)
+    from detkit.evaluation.coco import format_coco_table
+
+    run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
+    if overwrite:
+        clear_stages(cfg.output_dir)
+    device = setup(cfg)
+    start = time.perf_counter()
+    train_set, test_set = build_train_and_test(cfg, progress=progress)  # fills the proposal stores
+    proposal_seconds = time.perf_counter() - start
+    changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
+    run_dir.record_config_changes(cfg.output_dir, changes)
+    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    stage_metrics = run_stages(rcnn_stages(cfg, train_set, test_set, device, progress), cfg.output_dir, resume=resume)
+    stage_metrics[STAGES[0]]["store_seconds"] = proposal_seconds
+    model = assemble_model(cfg, device)
+    out = Path(cfg.output_dir)
+    atomic_torch_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": class_meta(config_to_dict(cfg))},
+                      out / "model_final.pth")
+    voc = cfg.data.test.format == "voc"
+    metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc)
+    model.roi_heads.box_predictor.use_regression.fill_(False)
+    plain, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc)
+    model.roi_heads.box_predictor.use_regression.fill_(True)
+    metrics.update({f"no_bbox_reg/{k}": v for k, v in plain.items()})
+    for name, figures in stage_metrics.items():
+        metrics.update({f"{name}/{k}": v for k, v in figures.items()})
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "detections_test.json", results)
+    save_detection_picture(model, test_set, device, out / "detections.png", cfg.model.class_names)
+    print(format_coco_table(metrics))
+    print(f"wrote {cfg.output_dir}/metrics.json, model_final.pth and detections.png")
+    return metrics
