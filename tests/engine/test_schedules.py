@@ -90,8 +90,8 @@ def test_alternating_gives_one_faster_rcnn_that_reloads_identically(alternating_
     assert (out / "metrics.json").is_file()
 
 
-def rpn_box_gradient(schedule: str) -> torch.Tensor | None:
-    cfg = load_config(DEMO, [*TINY, f"train.schedule={schedule}", "model.rpn.post_nms_top_n_train=50"])
+def rpn_box_gradient(schedule: str, backbone: list[str]) -> torch.Tensor | None:
+    cfg = load_config(DEMO, [*TINY, *backbone, f"train.schedule={schedule}", "model.rpn.post_nms_top_n_train=50"])
     torch.manual_seed(0)
     model = build_model(cfg, 2).train()
     g = torch.Generator().manual_seed(0)
@@ -102,10 +102,12 @@ def rpn_box_gradient(schedule: str) -> torch.Tensor | None:
     return torch.autograd.grad(head_loss, model.rpn.head.bbox_pred.weight, allow_unused=True)[0]
 
 
-def test_only_exact_joint_sends_the_detector_loss_into_the_rpn_box_regression():
-    joint = rpn_box_gradient("joint")
+@pytest.mark.parametrize("backbone", [[], ["model.backbone.fpn=false", "model.rpn.anchor_sizes=[[16,32,64]]"]],
+                         ids=["r18_fpn", "r18_c4"])
+def test_only_exact_joint_sends_the_detector_loss_into_the_rpn_box_regression(backbone):
+    joint = rpn_box_gradient("joint", backbone)
     assert joint is None or joint.abs().sum() == 0
-    exact = rpn_box_gradient("exact_joint")
+    exact = rpn_box_gradient("exact_joint", backbone)
     assert exact is not None and exact.abs().sum() > 0
 
 
