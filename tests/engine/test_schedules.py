@@ -156,3 +156,13 @@ def test_a_run_stopped_mid_step_resumes_to_the_same_weights(tmp_path, schedule, 
     a, b = state(whole / "model_final.pth"), state(stopped / "model_final.pth")
     assert a.keys() == b.keys()
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()) <= 1e-5
+
+
+def test_box_regression_targets_come_from_detached_proposals():
+    cfg = load_config(DEMO, [*TINY, "train.schedule=exact_joint"])
+    heads = build_model(cfg, 2).roi_heads
+    proposals = [torch.tensor([[8.0, 10.0, 38.0, 48.0], [0.0, 0.0, 20.0, 20.0]], requires_grad=True)]
+    targets = [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    sampled, labels, regression_targets = heads.sample_proposals(proposals, targets)
+    assert sampled[0].requires_grad and not regression_targets.requires_grad  # pooled from, not pulled by, the target
+    assert (labels > 0).any()
