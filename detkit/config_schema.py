@@ -151,8 +151,21 @@ class ModelConfig:
 
 
 @dataclass
+class AlternatingConfig:
+    """The 4 steps of alternating training (Ren et al. 2015 §3.2): RPN, Fast R-CNN, RPN fine-tune, Fast R-CNN
+    fine-tune. Defaults: the reference code's 80k / 40k / 80k / 40k iterations, all at one learning rate
+    (py-faster-rcnn, tools/train_faster_rcnn_alt_opt.py and its stage solvers, base_lr 0.001 each)."""
+
+    iter_fractions: list[float] = field(default_factory=lambda: [1 / 3, 1 / 6, 1 / 3, 1 / 6])  # of solver.max_iter
+    lr_factors: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])  # times solver.base_lr
+
+
+@dataclass
 class TrainConfig:
-    schedule: Literal["joint"] = "joint"  # approximate joint training (end to end)
+    # joint: approximate joint training (end to end, proposals detached); exact_joint: proposals not detached, the
+    # detector's loss reaches the RPN's box regression through RoIAlign; alternating: the paper's 4 steps
+    schedule: Literal["joint", "alternating", "exact_joint"] = "joint"
+    alternating: AlternatingConfig = field(default_factory=AlternatingConfig)
     eval_period: int = 0  # evaluate on data.test every N iterations (0: only at the end)
 
 

@@ -35,10 +35,16 @@ class AutocastDetector(nn.Module):
         self.module = module
         self.device_type = device_type
 
-    def forward(self, images: list[torch.Tensor], targets: Any = None) -> Any:
-        """The wrapped detector's forward under autocast (training-mode losses too, as float32)."""
+    @property
+    def needs_proposals(self) -> bool:
+        """The wrapped detector's: True when proposals must come with the input (Fast R-CNN, R-CNN)."""
+        return bool(getattr(self.module, "needs_proposals", False))
+
+    def forward(self, images: list[torch.Tensor], targets: Any = None, **kwargs: Any) -> Any:
+        """The wrapped detector's forward (``proposals=`` and other keywords passed on) under autocast; training-mode
+        losses come back as float32 too."""
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            out = self.module(images, targets) if targets is not None else self.module(images)
+            out = self.module(images, targets, **kwargs) if targets is not None else self.module(images, **kwargs)
         return _to_float32(out)
 
 

@@ -194,6 +194,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
         changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
         run_dir.record_config_changes(cfg.output_dir, changes)
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    if cfg.train.schedule == "alternating":  # a multi-stage schedule (joint and exact_joint train below)
+        from detkit.engine.schedules import train_alternating
+
+        model, summary = train_alternating(cfg, train_set, device, resume=resume, progress=progress)
+        return report_trained(cfg, model, summary, test_set, device)
     model = build_detector(cfg, num_classes=len(cfg.model.class_names))
     s = cfg.solver
     optimizer = build_optimizer(model, base_lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
@@ -214,6 +219,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
                       grad_clip=s.grad_clip, eval_fn=eval_fn if cfg.train.eval_period else None,
                       eval_period=cfg.train.eval_period, config=config_to_dict(cfg), progress=progress)
     summary = trainer.train(resume=resume)
+    return report_trained(cfg, model, summary, test_set, device)
+
+
+def report_trained(cfg: Config, model: nn.Module, summary: dict[str, Any], test_set: Any,
+                   device: torch.device) -> dict[str, float]:
+    """Evaluates a trained model on data.test; writes metrics.json, detections_test.json and detections.png."""
     prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     model = with_test_amp(model, cfg.test.amp, device)
     metrics, results = evaluate_sharded(model, test_set, device, cfg.data.num_workers,

@@ -40,8 +40,28 @@ def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
     return out
 
 
+def check_schedule(cfg: Config) -> None:
+    """Raises DetkitError when train.schedule cannot train the model: alternating and exact_joint need an RPN, and
+    exact_joint a pooler with a box gradient (RoIPool's max has none worth following)."""
+    schedule, sources = cfg.train.schedule, getattr(cfg, "sources", {})
+    where = lambda key: f"{key} (in {sources[key]})" if key in sources else key  # noqa: E731
+    if schedule != "joint" and cfg.model.arch != "faster_rcnn":
+        raise DetkitError(f"config key {where('train.schedule')}={schedule} needs an RPN: it does not apply to "
+                          f"{where('model.arch')}={cfg.model.arch}")
+    if schedule == "exact_joint" and cfg.model.roi_heads.pooler == "roi_pool":
+        raise DetkitError(f"config key {where('train.schedule')}=exact_joint needs a pooler differentiable with "
+                          f"respect to the box: {where('model.roi_heads.pooler')}=roi_pool has no box gradient "
+                          "(use roi_align)")
+    alt = cfg.train.alternating
+    for key, values in (("iter_fractions", alt.iter_fractions), ("lr_factors", alt.lr_factors)):
+        if len(values) != 4 or any(v <= 0 for v in values):
+            raise DetkitError(f"config key {where('train.alternating.' + key)} must hold 4 positive numbers (one per "
+                              f"step), got {values}")
+
+
 def check_keys_apply(cfg: Config) -> None:
     """Raises DetkitError naming the keys (and the file or command line that set them) that the arch ignores."""
+    check_schedule(cfg)
     arch = cfg.model.arch
     sources: dict[str, str] = getattr(cfg, "sources", {})
     default = Config()
@@ -92,7 +112,7 @@ def build_rpn(cfg: Config, in_channels: int, num_levels: int) -> RegionProposalN
         batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
         pre_nms_top_n={"training": r.pre_nms_top_n_train, "testing": r.pre_nms_top_n_test},
         post_nms_top_n={"training": r.post_nms_top_n_train, "testing": r.post_nms_top_n_test},
-        nms_thresh=r.nms_thresh, min_size=r.min_size)
+        nms_thresh=r.nms_thresh, min_size=r.min_size, differentiable_proposals=cfg.train.schedule == "exact_joint")
 
 
 def build_roi_heads(cfg: Config, backbone: nn.Module, num_classes: int) -> RoIHeads:

@@ -84,6 +84,21 @@ def test_test_amp_wraps_only_when_bf16_applies():
     assert out["boxes"].dtype == torch.float32 and out["labels"].dtype == torch.int64
 
 
+def test_test_amp_wrapper_hands_proposals_to_a_detector_that_needs_them():
+    from detkit.config import load_config
+    from detkit.modeling.build import build_model
+
+    torch.manual_seed(0)
+    cfg = load_config(REPO / "configs" / "fast_rcnn_r18_fpn.yaml", ["input.min_size=64", "input.max_size=64"])
+    model = build_model(cfg, num_classes=3).eval()
+    wrapped = AutocastDetector(model, "cpu")
+    assert wrapped.needs_proposals
+    proposals = [torch.tensor([[4.0, 4.0, 40.0, 40.0], [10.0, 20.0, 60.0, 50.0]])]
+    with torch.no_grad():
+        out = wrapped([torch.rand(3, 64, 64)], proposals=proposals)[0]
+    assert out["boxes"].dtype == torch.float32 and out["boxes"].shape[-1] == 4
+
+
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 

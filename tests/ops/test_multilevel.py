@@ -57,3 +57,19 @@ def test_bad_inputs_raise_naming_the_argument():
         multi_level_roi_align(feats, rois, levels[:1], 2, SCALES, 2, True)
     with pytest.raises(DetkitError, match="1 to 5 levels"):
         multi_level_roi_align(feats * 2, rois, levels, 2, SCALES * 2, 2, True)
+
+
+def test_torch_path_passes_float64_gradcheck_for_features_and_boxes(torchvision_backend):
+    """Exact joint training pools FPN levels from proposals that require grad: d out / d features and d boxes."""
+    feats = [f.detach().double().requires_grad_() for f in pyramid()]
+    rois = random_rois(4, 2, size=60.0, dtype=torch.float64)
+    levels = torch.tensor([0, 2, 1, 0])
+    corners = rois[:, 1:].clone().requires_grad_()
+
+    def pooled(c, *levels_features):
+        boxes = torch.cat([rois[:, :1], c], 1)
+        return multi_level_roi_align(list(levels_features), boxes, levels, (2, 3), SCALES, 2, True)
+
+    assert torch.autograd.gradcheck(pooled, (corners, *feats), eps=1e-6, atol=1e-6, fast_mode=True)
+    box_grad = torch.autograd.grad(pooled(corners, *feats).sum(), corners)[0]
+    assert box_grad.abs().sum() > 0

@@ -21,6 +21,8 @@ from detkit.box_ops import clip_boxes_to_image
 from detkit.errors import DetkitError
 from detkit.modeling.preprocess import check_images
 
+FREEZABLE = ("backbone", "rpn", "roi_heads")
+
 
 def check_targets(images: Sequence[Tensor], targets: list[dict[str, Tensor]] | None) -> list[dict[str, Tensor]]:
     """Targets with boxes clipped to their image; DetkitError naming the image and box when one is malformed."""
@@ -49,7 +51,9 @@ class TwoStageDetector(nn.Module):
     """Backbone, optional proposal generator (``rpn``), RoI heads and pre/post-processing, wired in one forward.
 
     With ``rpn=None`` proposals come with the input (Fast R-CNN, R-CNN); ``rpn`` keeps that name because
-    checkpoints and the torchvision interop address its weights as ``rpn.*``.
+    checkpoints and the torchvision interop address its weights as ``rpn.*``. ``freeze`` fixes parts for the steps of
+    alternating training (detkit.engine.schedules): a frozen RPN still proposes, frozen RoI heads are skipped in
+    training, so a detector with frozen RoI heads is an RPN-only network whose losses are the RPN's.
     """
 
     def __init__(self, backbone: nn.Module, rpn: nn.Module | None, roi_heads: nn.Module, preprocessor: nn.Module,
@@ -61,6 +65,28 @@ class TwoStageDetector(nn.Module):
         self.preprocessor = preprocessor
         self.box_feature_names = list(box_feature_names)
         self.channels_last = channels_last
+        self.frozen: tuple[str, ...] = ()
+
+    def freeze(self, *parts: str) -> TwoStageDetector:
+        """Fixes the named parts ('backbone', 'rpn', 'roi_heads'): no gradient, and eval mode (batch-norm statistics
+        and the RPN's test-time proposal counts) even under .train(); freeze() with no name unfreezes all. Returns self."""
+        unknown = [p for p in parts if p not in FREEZABLE or getattr(self, p) is None]
+        if unknown:
+            raise ValueError(f"cannot freeze {unknown}: this detector's parts are "
+                             f"{[p for p in FREEZABLE if getattr(self, p) is not None]}")
+        self.frozen = tuple(parts)
+        for name in FREEZABLE:
+            part = getattr(self, name)
+            if part is not None:
+                part.requires_grad_(name not in parts)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> TwoStageDetector:
+        """nn.Module.train, except that frozen parts stay in eval mode (as mmdetection's frozen stages do)."""
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
 
     @property
     def needs_proposals(self) -> bool:
@@ -83,6 +109,8 @@ class TwoStageDetector(nn.Module):
             proposals, losses = self.rpn(tuple(x.shape[-2:]), batch.image_sizes, list(features.values()), targets)
         elif self.training:
             proposals = [t["proposals"] for t in targets]
+        if self.training and "roi_heads" in self.frozen:  # an RPN-only network: its losses are the RPN's
+            return losses
         box_features = [features[name] for name in self.box_feature_names]
         detections, head_losses = self.roi_heads(box_features, proposals, batch.image_sizes, targets)
         if self.training:

@@ -2,6 +2,15 @@
 
 N images, L feature levels, A anchors per cell, T = sum over levels of H*W*A anchors per image, M ground-truth
 boxes in an image. Boxes are x1, y1, x2, y2 in pixels of the resized (padded) batch image.
+
+Proposals are decoded from detached deltas (approximate joint training, Ren et al. 2015 §3.2) unless
+``differentiable_proposals`` is set (exact joint training): then each kept proposal's coordinates carry the graph
+of the box-regression branch, so a loss on features pooled from them (RoIAlign's box gradient) reaches the RPN.
+Some terms stay zero by construction: which anchors survive top-k, NMS and the small-box filter is a discrete
+choice (no gradient, and the objectness logits get none from the detector), a coordinate clipped to the image or
+a size ratio clamped at log(1000 / 16) has slope 0. Within that fixed selection the gradient is exact, which is
+the "non-approximate" sense of the paper, made possible by the RoI warping layer of Dai et al. 2015 (Instance-aware
+Semantic Segmentation via Multi-task Network Cascades, §3.3), differentiable with respect to the box.
 """
 from __future__ import annotations
 
@@ -63,8 +72,10 @@ class RegionProposalNetwork(nn.Module):
     def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, *, fg_iou_thresh: float = 0.7,
                  bg_iou_thresh: float = 0.3, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
                  pre_nms_top_n: dict[str, int] | None = None, post_nms_top_n: dict[str, int] | None = None,
-                 nms_thresh: float = 0.7, score_thresh: float = 0.0, min_size: float = 1e-3) -> None:
+                 nms_thresh: float = 0.7, score_thresh: float = 0.0, min_size: float = 1e-3,
+                 differentiable_proposals: bool = False) -> None:
         super().__init__()
+        self.differentiable_proposals = differentiable_proposals  # exact joint training (see the module docstring)
         self.anchor_generator = anchor_generator
         self.head = head
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
@@ -89,7 +100,8 @@ class RegionProposalNetwork(nn.Module):
         objectness = torch.cat([_flatten_level(x, 1) for x in logits], dim=1).squeeze(2)  # (N, T)
         box_deltas = torch.cat([_flatten_level(x, 4) for x in deltas], dim=1)  # (N, T, 4)
         num_images = objectness.shape[0]
-        proposals = self.box_coder.decode(box_deltas.detach().reshape(-1, 4).float(),
+        decoded = box_deltas if self.differentiable_proposals and self.training else box_deltas.detach()
+        proposals = self.box_coder.decode(decoded.reshape(-1, 4).float(),
                                           anchors.repeat(num_images, 1)).view(num_images, -1, 4)
         boxes = self.select_proposals(proposals, objectness.detach().float(), image_sizes, counts)
         losses: dict[str, Tensor] = {}

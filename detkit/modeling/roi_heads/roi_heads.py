@@ -81,7 +81,7 @@ class RoIHeads(nn.Module):
         for boxes, target in zip(proposals, targets):
             gt_boxes, gt_labels = target["boxes"].to(boxes.dtype), target["labels"]
             boxes = torch.cat([boxes, gt_boxes])
-            label, matches = self.label_proposals(boxes, gt_boxes, gt_labels)
+            label, matches = self.label_proposals(boxes.detach(), gt_boxes, gt_labels)
             if gt_boxes.numel() == 0:
                 gt_boxes = boxes.new_zeros((1, 4))
             pos, neg = self.sampler([label])
@@ -89,5 +89,7 @@ class RoIHeads(nn.Module):
             sampled_boxes.append(boxes[keep])
             labels.append(label[keep])
             matched_gt.append(gt_boxes[matches[keep].clamp(min=0)])
-        regression_targets = self.box_coder.encode(torch.cat(matched_gt), torch.cat(sampled_boxes))
+        # Targets from detached boxes: with differentiable proposals (exact joint training) the target must not
+        # pull the proposal; the gradient reaches it only through the pooled features.
+        regression_targets = self.box_coder.encode(torch.cat(matched_gt), torch.cat(sampled_boxes).detach())
         return sampled_boxes, torch.cat(labels), regression_targets

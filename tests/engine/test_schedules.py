@@ -1,0 +1,168 @@
+"""Training schedules (issue 12): alternating steps freeze what the paper freezes, the result is one Faster R-CNN,
+exact joint training sends the detector's gradient into the RPN's box regression, and both resume exactly.
+
+Tiny: resnet18 FPN at 64 px on 8 generated 64x64 VOC images, a few iterations per step."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from detkit.config import load_config
+from detkit.engine.checkpoint import read_class_meta
+from detkit.errors import DetkitError
+from detkit.modeling.build import build_model
+from tests.test_tools_no_lost_work import DEMO, REPO, TINY, tiny_voc
+
+ALT = ["train.schedule=alternating", "solver.max_iter=10", "train.alternating.iter_fractions=[0.2,0.1,0.5,0.2]"]
+
+
+def voc_args(data: Path) -> list[str]:
+    return ["data.train.format=voc", "data.test.format=voc", f"data.root={data}", "data.train.split=trainval",
+            "data.test.split=test", "solver.checkpoint_period=100", *TINY]
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    return loaded["model"]
+
+
+def part(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def alternating_run(tmp_path_factory):
+    from detkit.engine.workflow import train
+
+    root = tmp_path_factory.mktemp("alt")
+    data = tiny_voc(root / "voc", count=8)
+    cfg = load_config(DEMO, [f"output_dir={root / 'run'}", *voc_args(data), *ALT])
+    train(cfg, progress=False)
+    return cfg
+
+
+def test_alternating_steps_3_and_4_train_only_their_own_layers(alternating_run):
+    out = Path(alternating_run.output_dir)
+    step2, step3, step4 = (state(out / name / "model_final.pth") for name in ("2_fast_rcnn", "3_rpn", "4_fast_rcnn"))
+    # Step 3: the step-2 backbone (parameters and batch-norm statistics) and RoI heads stay; the new RPN trains.
+    assert same(part(step3, "backbone."), part(step2, "backbone."))
+    assert same(part(step3, "roi_heads."), part(step2, "roi_heads."))
+    from detkit.engine.schedules import seed_everything
+
+    seed_everything(alternating_run.seed + 3)  # the RPN step 3 started from
+    initial_rpn = part(build_model(alternating_run, 1).state_dict(), "rpn.")
+    assert not torch.equal(step3["rpn.head.bbox_pred.weight"], initial_rpn["rpn.head.bbox_pred.weight"])
+    assert not torch.equal(step3["rpn.head.conv.weight"], initial_rpn["rpn.head.conv.weight"])
+    # Step 4: backbone and RPN stay; the RoI heads train.
+    assert same(part(step4, "backbone."), part(step3, "backbone."))
+    assert same(part(step4, "rpn."), part(step3, "rpn."))
+    assert not torch.equal(step4["roi_heads.box_predictor.cls_score.weight"],
+                           step3["roi_heads.box_predictor.cls_score.weight"])
+    assert not torch.equal(step4["roi_heads.box_head.fc6.weight"], step3["roi_heads.box_head.fc6.weight"])
+
+
+def test_alternating_gives_one_faster_rcnn_that_reloads_identically(alternating_run):
+    from detkit.data import build_dataset
+    from detkit.engine.workflow import load_trained
+
+    out = Path(alternating_run.output_dir)
+    final = state(out / "model_final.pth")
+    plain = build_model(alternating_run, 1).state_dict()  # an ordinary Faster R-CNN: one backbone, one RPN
+    assert final.keys() == plain.keys()
+    assert same(final, state(out / "4_fast_rcnn" / "model_final.pth"))
+    assert read_class_meta(out / "model_final.pth")["class_names"] == ["block"]
+    cfg = load_config(out / "config.yaml", ["model.class_names=null", "model.category_ids=null"])
+    d = cfg.data.test
+    images = [build_dataset(d.format, cfg.data.root, d.split, None, train=False)[i][0] for i in range(3)]
+    first, second = load_trained(cfg, out / "model_final.pth"), load_trained(cfg, out / "model_final.pth")
+    with torch.no_grad():
+        for a, b in zip(first(images), second(images)):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "metrics.json").is_file()
+
+
+def rpn_box_gradient(schedule: str, backbone: list[str]) -> torch.Tensor | None:
+    cfg = load_config(DEMO, [*TINY, *backbone, f"train.schedule={schedule}", "model.rpn.post_nms_top_n_train=50"])
+    torch.manual_seed(0)
+    model = build_model(cfg, 2).train()
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 64, 64, generator=g) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([1])} for _ in range(2)]
+    losses = model(images, targets)
+    head_loss = losses["loss_classifier"] + losses["loss_box_reg"]
+    return torch.autograd.grad(head_loss, model.rpn.head.bbox_pred.weight, allow_unused=True)[0]
+
+
+@pytest.mark.parametrize("backbone", [[], ["model.backbone.fpn=false", "model.rpn.anchor_sizes=[[16,32,64]]"]],
+                         ids=["r18_fpn", "r18_c4"])
+def test_only_exact_joint_sends_the_detector_loss_into_the_rpn_box_regression(backbone):
+    joint = rpn_box_gradient("joint", backbone)
+    assert joint is None or joint.abs().sum() == 0
+    exact = rpn_box_gradient("exact_joint", backbone)
+    assert exact is not None and exact.abs().sum() > 0
+
+
+def test_schedules_that_do_not_fit_the_model_are_config_errors():
+    with pytest.raises(DetkitError, match="train.schedule.*exact_joint.*model.roi_heads.pooler.*roi_pool"):
+        build_model(load_config(DEMO, ["train.schedule=exact_joint", "model.roi_heads.pooler=roi_pool"]), 2)
+    with pytest.raises(DetkitError, match="train.alternating.iter_fractions"):
+        build_model(load_config(DEMO, ["train.schedule=alternating", "train.alternating.iter_fractions=[1,1]"]), 2)
+    cfg = load_config(DEMO, ["train.schedule=alternating", "model.arch=fast_rcnn"])
+    with pytest.raises(DetkitError, match="needs an RPN"):
+        build_model(cfg, 2)
+
+
+def train_tool(out: Path, args: list[str], *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), DEMO, f"output_dir={out}", *args,
+                             "--no-progress", *extra], cwd=out.parent, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    stderr = proc.communicate(timeout=600)[1]
+    assert proc.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+@pytest.mark.parametrize("schedule,step", [
+    (ALT, "3_rpn"),
+    (["train.schedule=exact_joint", "solver.max_iter=6"], "."),
+])
+def test_a_run_stopped_mid_step_resumes_to_the_same_weights(tmp_path, schedule, step):
+    data = tiny_voc(tmp_path / "voc", count=8)
+    args = [*voc_args(data), *schedule]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    reference = train_tool(whole, args)
+    proc = train_tool(stopped, args)
+    log, deadline = stopped / step / "metrics.jsonl", time.monotonic() + 300
+    while proc.poll() is None and not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 143, stderr[-3000:]
+    assert not (stopped / step / "model_final.pth").exists() and (stopped / step / "last.pth").exists()
+    finish(train_tool(stopped, args, "--resume"))
+    finish(reference)
+    a, b = state(whole / "model_final.pth"), state(stopped / "model_final.pth")
+    assert a.keys() == b.keys()
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()) <= 1e-5
+
+
+def test_box_regression_targets_come_from_detached_proposals():
+    cfg = load_config(DEMO, [*TINY, "train.schedule=exact_joint"])
+    heads = build_model(cfg, 2).roi_heads
+    proposals = [torch.tensor([[8.0, 10.0, 38.0, 48.0], [0.0, 0.0, 20.0, 20.0]], requires_grad=True)]
+    targets = [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([1])}]
+    sampled, labels, regression_targets = heads.sample_proposals(proposals, targets)
+    assert sampled[0].requires_grad and not regression_targets.requires_grad  # pooled from, not pulled by, the target
+    assert (labels > 0).any()
