@@ -5,6 +5,7 @@ The only module besides detkit.modeling.build that reads config keys (the edge w
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -184,6 +185,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before anything
     is written, other changes are warned about and recorded (detkit.engine.run_dir).
     """
+    multi_stage = "model.arch=rcnn" if cfg.model.arch == "rcnn" else (
+        "train.schedule=alternating" if cfg.train.schedule == "alternating" else None)
+    if multi_stage and distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise DetkitError(f"{multi_stage} trains in one process; start it without torchrun (or with one process)")
     if cfg.model.arch == "rcnn":  # a schedule of non-SGD stages around one fine-tuning run (one process)
         from detkit.engine.rcnn_schedule import train_rcnn
         return train_rcnn(cfg, resume=resume, progress=progress, overwrite=overwrite)
