@@ -21,9 +21,7 @@ from detkit.engine.checkpoint import atomic_torch_save, class_meta, load_model_w
 from detkit.engine.rcnn_features import FeatureCache, cache_features
 from detkit.engine.rcnn_fitting import append_jsonl, run_bbox_stage, run_svm_stage
 from detkit.engine.rcnn_svm import SVMSettings
-from detkit.engine.solver import build_lr_scheduler, build_optimizer
 from detkit.engine.stages import Stage, run_stages
-from detkit.engine.trainer import Trainer
 from detkit.modeling.build import build_model
 
 STAGES = ("1_proposals", "2_finetune", "3_features", "4_svms", "5_bbox_reg")
@@ -90,22 +88,10 @@ def _image_ids(dataset: Any) -> list[int]:
 def finetune_stage(cfg: Config, train_set: Any, test_set: Any, device: torch.device, folder: Path, resume: bool,
                    progress: bool) -> dict[str, Any]:
     """Fine-tunes the CNN as a K + 1-way classifier of warped windows with the ordinary Trainer; held-out accuracy."""
-    from detkit.data.loader import build_train_loader
+    from detkit.engine.workflow import make_trainer
 
     model = build_model(cfg, num_classes=len(cfg.model.class_names))
-    s = cfg.solver
-    optimizer = build_optimizer(model, base_lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    scheduler = build_lr_scheduler(optimizer, max_iter=s.max_iter, warmup_iters=s.warmup_iters,
-                                   warmup_factor=s.warmup_factor, policy=s.lr_policy, gamma=s.gamma,
-                                   steps=[max(1, round(f * s.max_iter)) for f in s.steps])
-
-    def loader_factory(start_iter: int):
-        return build_train_loader(train_set, s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                                  start_iter=start_iter, aspect_ratio_grouping=cfg.data.aspect_ratio_grouping)
-
-    trainer = Trainer(model, optimizer, scheduler, loader_factory, max_iter=s.max_iter, output_dir=folder,
-                      device=device, checkpoint_period=s.checkpoint_period, log_period=s.log_period, amp=s.amp,
-                      grad_clip=s.grad_clip, config=config_to_dict(cfg), progress=progress)
+    trainer = make_trainer(cfg, model, train_set, device, folder, progress=progress)
     summary = trainer.train(resume=resume)
     metrics = {"train/img_per_s": summary.get("train/img_per_s", float("nan")),
                **window_accuracy(model, test_set, device)}

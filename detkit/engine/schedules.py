@@ -35,14 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from detkit.config import Config, config_to_dict
-from detkit.data.loader import build_train_loader
+from detkit.config import Config
 from detkit.data.proposals import ProposalStore, propose_dataset
 from detkit.engine.checkpoint import load_model_weights
 from detkit.engine.run_dir import link_or_copy
-from detkit.engine.solver import build_lr_scheduler, build_optimizer
 from detkit.engine.stages import Stage, run_stages
-from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
 from detkit.modeling.build import build_model
 from detkit.modeling.detectors.two_stage import TwoStageDetector
@@ -66,19 +63,10 @@ def seed_everything(seed: int) -> None:
 def fit(cfg: Config, model: nn.Module, train_set: Any, device: torch.device, folder: Path, resume: bool, *,
         max_iter: int, base_lr: float, progress: bool) -> dict[str, Any]:
     """One ordinary Trainer run of the model's trainable parameters in folder, with the config's solver."""
-    s = cfg.solver
-    optimizer = build_optimizer(model, base_lr=base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    scheduler = build_lr_scheduler(optimizer, max_iter=max_iter, warmup_iters=min(s.warmup_iters, max_iter),
-                                   warmup_factor=s.warmup_factor, policy=s.lr_policy, gamma=s.gamma,
-                                   steps=sorted({max(1, round(f * max_iter)) for f in s.steps}))
+    from detkit.engine.workflow import make_trainer
 
-    def loader_factory(start_iter: int):
-        return build_train_loader(train_set, s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
-                                  start_iter=start_iter, aspect_ratio_grouping=cfg.data.aspect_ratio_grouping)
-
-    trainer = Trainer(model, optimizer, scheduler, loader_factory, max_iter=max_iter, output_dir=folder,
-                      device=device, checkpoint_period=s.checkpoint_period, log_period=s.log_period, amp=s.amp,
-                      grad_clip=s.grad_clip, config=config_to_dict(cfg), progress=progress)
+    trainer = make_trainer(cfg, model, train_set, device, folder, max_iter=max_iter, base_lr=base_lr,
+                           progress=progress)
     return trainer.train(resume=resume)
 
 

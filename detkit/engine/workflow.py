@@ -205,26 +205,37 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
         model, summary = train_alternating(cfg, train_set, device, resume=resume, progress=progress)
         return report_trained(cfg, model, summary, test_set, device)
     model = build_detector(cfg, num_classes=len(cfg.model.class_names))
+    def eval_fn(m: nn.Module) -> dict:
+        return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers)[0]
+
+    trainer = make_trainer(cfg, model, train_set, device, cfg.output_dir, progress=progress,
+                           eval_fn=eval_fn if cfg.train.eval_period else None)
+    summary = trainer.train(resume=resume)
+    return report_trained(cfg, model, summary, test_set, device)
+
+
+def make_trainer(cfg: Config, model: nn.Module, train_set: Any, device: torch.device, output_dir: str | Path, *,
+                 max_iter: int | None = None, base_lr: float | None = None, progress: bool = True,
+                 eval_fn: Any = None) -> Trainer:
+    """The ordinary Trainer of cfg.solver for a model's trainable parameters, writing to output_dir; max_iter and
+    base_lr override the solver's (a stage of a multi-stage schedule); under torchrun each rank loads its slice."""
     s = cfg.solver
-    optimizer = build_optimizer(model, base_lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    scheduler = build_lr_scheduler(optimizer, max_iter=s.max_iter, warmup_iters=s.warmup_iters,
+    max_iter = s.max_iter if max_iter is None else max_iter
+    optimizer = build_optimizer(model, base_lr=s.base_lr if base_lr is None else base_lr, momentum=s.momentum,
+                                weight_decay=s.weight_decay)
+    scheduler = build_lr_scheduler(optimizer, max_iter=max_iter, warmup_iters=min(s.warmup_iters, max_iter),
                                    warmup_factor=s.warmup_factor, policy=s.lr_policy, gamma=s.gamma,
-                                   steps=[max(1, round(f * s.max_iter)) for f in s.steps])
+                                   steps=sorted({max(1, round(f * max_iter)) for f in s.steps}))
 
     def loader_factory(start_iter: int):
         return build_train_loader(train_set, s.batch_size, num_workers=cfg.data.num_workers, seed=cfg.seed,
                                   start_iter=start_iter, aspect_ratio_grouping=cfg.data.aspect_ratio_grouping,
                                   rank=distributed.get_rank(), world_size=distributed.get_world_size())
 
-    def eval_fn(m: nn.Module) -> dict:
-        return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers)[0]
-
-    trainer = Trainer(model, optimizer, scheduler, loader_factory, max_iter=s.max_iter, output_dir=cfg.output_dir,
-                      device=device, checkpoint_period=s.checkpoint_period, log_period=s.log_period, amp=s.amp,
-                      grad_clip=s.grad_clip, eval_fn=eval_fn if cfg.train.eval_period else None,
-                      eval_period=cfg.train.eval_period, config=config_to_dict(cfg), progress=progress)
-    summary = trainer.train(resume=resume)
-    return report_trained(cfg, model, summary, test_set, device)
+    return Trainer(model, optimizer, scheduler, loader_factory, max_iter=max_iter, output_dir=output_dir,
+                   device=device, checkpoint_period=s.checkpoint_period, log_period=s.log_period, amp=s.amp,
+                   grad_clip=s.grad_clip, eval_fn=eval_fn, eval_period=cfg.train.eval_period if eval_fn else 0,
+                   config=config_to_dict(cfg), progress=progress)
 
 
 def report_trained(cfg: Config, model: nn.Module, summary: dict[str, Any], test_set: Any,
