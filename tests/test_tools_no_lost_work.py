@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from detkit.data.demo import ensure_demo
+from tests.test_tools import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -24,12 +25,7 @@ TINY = ["input.min_size=64", "input.max_size=64", "solver.batch_size=2", "solver
 
 
 def tool(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return run_tool(name, *args, cwd=cwd, check=check)
 
 
 def one_error_line(proc: subprocess.CompletedProcess, prog: str) -> str:
