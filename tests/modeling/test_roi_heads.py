@@ -54,6 +54,7 @@ def test_ground_truth_is_added_and_matched_as_foreground():
 
 def test_postprocess_keeps_top_detections_in_image_bounds():
     heads = make_heads().eval()
+    heads.detections_per_img = 2
     proposals = [torch.tensor([[0, 0, 20, 20.], [30, 30, 60, 60.], [0, 0, 70, 70.]])]
     logits = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [0.0, 4.0, 0.0]])
     deltas = torch.zeros(3, 12)
