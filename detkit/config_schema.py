@@ -161,11 +161,22 @@ class AlternatingConfig:
 
 
 @dataclass
+class ExactJointConfig:
+    """Exact joint training (train.schedule=exact_joint): the detector's loss reaches the RPN's box regression
+    through RoIAlign's box gradient, weighted by proposal_grad_scale (forward values unchanged). Unweighted (1.0)
+    that gradient was 33x the RPN's own box-loss gradient on the trained demo model and the demo run collapsed
+    (mAP 0.05); 0.01 is the measured choice (docs/benchmarks.md, "Training schedules")."""
+
+    proposal_grad_scale: float = 0.01
+
+
+@dataclass
 class TrainConfig:
     # joint: approximate joint training (end to end, proposals detached); exact_joint: proposals not detached, the
     # detector's loss reaches the RPN's box regression through RoIAlign; alternating: the paper's 4 steps
     schedule: Literal["joint", "alternating", "exact_joint"] = "joint"
     alternating: AlternatingConfig = field(default_factory=AlternatingConfig)
+    exact_joint: ExactJointConfig = field(default_factory=ExactJointConfig)
     eval_period: int = 0  # evaluate on data.test every N iterations (0: only at the end)
 
 

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +54,10 @@ def check_schedule(cfg: Config) -> None:
         raise DetkitError(f"config key {where('train.schedule')}=exact_joint needs a pooler differentiable with "
                           f"respect to the box: {where('model.roi_heads.pooler')}=roi_pool has no box gradient "
                           "(use roi_align)")
+    scale = cfg.train.exact_joint.proposal_grad_scale
+    if not (math.isfinite(scale) and scale > 0):
+        raise DetkitError(f"config key {where('train.exact_joint.proposal_grad_scale')} must be a positive number, "
+                          f"got {scale}")
     alt = cfg.train.alternating
     for key, values in (("iter_fractions", alt.iter_fractions), ("lr_factors", alt.lr_factors)):
         if len(values) != 4 or any(v <= 0 for v in values):
@@ -112,7 +118,8 @@ def build_rpn(cfg: Config, in_channels: int, num_levels: int) -> RegionProposalN
         batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
         pre_nms_top_n={"training": r.pre_nms_top_n_train, "testing": r.pre_nms_top_n_test},
         post_nms_top_n={"training": r.post_nms_top_n_train, "testing": r.post_nms_top_n_test},
-        nms_thresh=r.nms_thresh, min_size=r.min_size, differentiable_proposals=cfg.train.schedule == "exact_joint")
+        nms_thresh=r.nms_thresh, min_size=r.min_size, differentiable_proposals=cfg.train.schedule == "exact_joint",
+        proposal_grad_scale=cfg.train.exact_joint.proposal_grad_scale)
 
 
 def build_roi_heads(cfg: Config, backbone: nn.Module, num_classes: int) -> RoIHeads:

@@ -90,16 +90,25 @@ def test_alternating_gives_one_faster_rcnn_that_reloads_identically(alternating_
     assert (out / "metrics.json").is_file()
 
 
-def rpn_box_gradient(schedule: str, backbone: list[str]) -> torch.Tensor | None:
-    cfg = load_config(DEMO, [*TINY, *backbone, f"train.schedule={schedule}", "model.rpn.post_nms_top_n_train=50"])
+def rpn_box_gradient(schedule: str, backbone: list[str], *extra: str) -> torch.Tensor | None:
+    """The gradient of the RoI heads' losses on the RPN's box-regression weights (a seeded tiny model and batch)."""
+    return rpn_box_gradient_and_losses(schedule, backbone, *extra)[0]
+
+
+def rpn_box_gradient_and_losses(schedule: str, backbone: list[str], *extra: str
+                                ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    cfg = load_config(DEMO, [*TINY, *backbone, f"train.schedule={schedule}", "model.rpn.post_nms_top_n_train=50",
+                             *extra])
     torch.manual_seed(0)
     model = build_model(cfg, 2).train()
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 64, 64, generator=g) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([1])} for _ in range(2)]
+    torch.manual_seed(1)
     losses = model(images, targets)
     head_loss = losses["loss_classifier"] + losses["loss_box_reg"]
-    return torch.autograd.grad(head_loss, model.rpn.head.bbox_pred.weight, allow_unused=True)[0]
+    grad = torch.autograd.grad(head_loss, model.rpn.head.bbox_pred.weight, allow_unused=True)[0]
+    return grad, {k: v.detach() for k, v in losses.items()}
 
 
 @pytest.mark.parametrize("backbone", [[], ["model.backbone.fpn=false", "model.rpn.anchor_sizes=[[16,32,64]]"]],
@@ -109,6 +118,19 @@ def test_only_exact_joint_sends_the_detector_loss_into_the_rpn_box_regression(ba
     assert joint is None or joint.abs().sum() == 0
     exact = rpn_box_gradient("exact_joint", backbone)
     assert exact is not None and exact.abs().sum() > 0
+
+
+def test_exact_joint_weighs_the_box_gradient_without_changing_the_forward():
+    """train.exact_joint.proposal_grad_scale multiplies the detector's gradient into the RPN's box regression and
+    nothing else: the losses are bit-identical and the gradient is exactly proportional to the weight."""
+    one, losses_one = rpn_box_gradient_and_losses("exact_joint", [], "train.exact_joint.proposal_grad_scale=1.0")
+    tenth, losses_tenth = rpn_box_gradient_and_losses("exact_joint", [], "train.exact_joint.proposal_grad_scale=0.1")
+    assert losses_one.keys() == losses_tenth.keys()
+    assert all(torch.equal(losses_one[k], losses_tenth[k]) for k in losses_one)
+    assert one.abs().sum() > 0
+    torch.testing.assert_close(tenth, 0.1 * one, rtol=1e-4, atol=1e-9)
+    with pytest.raises(DetkitError, match="train.exact_joint.proposal_grad_scale.*positive"):
+        build_model(load_config(DEMO, ["train.schedule=exact_joint", "train.exact_joint.proposal_grad_scale=0"]), 2)
 
 
 def test_schedules_that_do_not_fit_the_model_are_config_errors():

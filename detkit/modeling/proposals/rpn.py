@@ -11,6 +11,12 @@ choice (no gradient, and the objectness logits get none from the detector), a co
 a size ratio clamped at log(1000 / 16) has slope 0. Within that fixed selection the gradient is exact, which is
 the "non-approximate" sense of the paper, made possible by the RoI warping layer of Dai et al. 2015 (Instance-aware
 Semantic Segmentation via Multi-task Network Cascades, §3.3), differentiable with respect to the box.
+
+``proposal_grad_scale`` weighs that path (the forward values are unchanged): d(box)/d(delta) is the anchor's size in
+pixels, so the detector's losses reach the RPN's regression weights with a gradient measured at 33x that of the
+RPN's own box loss (the trained demo model, one batch of 4 images); at weight 1 the demo run's RPN box loss rose
+18-fold and its mAP fell to 0.05. The weight is a loss weight like the paper's lambda, chosen by measurement
+(docs/benchmarks.md, "Training schedules").
 """
 from __future__ import annotations
 
@@ -73,9 +79,10 @@ class RegionProposalNetwork(nn.Module):
                  bg_iou_thresh: float = 0.3, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
                  pre_nms_top_n: dict[str, int] | None = None, post_nms_top_n: dict[str, int] | None = None,
                  nms_thresh: float = 0.7, score_thresh: float = 0.0, min_size: float = 1e-3,
-                 differentiable_proposals: bool = False) -> None:
+                 differentiable_proposals: bool = False, proposal_grad_scale: float = 1.0) -> None:
         super().__init__()
         self.differentiable_proposals = differentiable_proposals  # exact joint training (see the module docstring)
+        self.proposal_grad_scale = proposal_grad_scale  # weight of the detector's gradient into the proposals
         self.anchor_generator = anchor_generator
         self.head = head
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
@@ -100,7 +107,9 @@ class RegionProposalNetwork(nn.Module):
         objectness = torch.cat([_flatten_level(x, 1) for x in logits], dim=1).squeeze(2)  # (N, T)
         box_deltas = torch.cat([_flatten_level(x, 4) for x in deltas], dim=1)  # (N, T, 4)
         num_images = objectness.shape[0]
-        decoded = box_deltas if self.differentiable_proposals and self.training else box_deltas.detach()
+        decoded = box_deltas.detach()
+        if self.differentiable_proposals and self.training:  # same values, gradient weighted by proposal_grad_scale
+            decoded = decoded + self.proposal_grad_scale * (box_deltas - decoded)
         proposals = self.box_coder.decode(decoded.reshape(-1, 4).float(),
                                           anchors.repeat(num_images, 1)).view(num_images, -1, 4)
         boxes = self.select_proposals(proposals, objectness.detach().float(), image_sizes, counts)
