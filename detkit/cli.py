@@ -13,6 +13,14 @@ from detkit.errors import DetkitError
 USER_ERRORS = (DetkitError, OSError, ValueError, FloatingPointError)
 
 
+def config_parser(prog: str, doc: str, *, config_help: str, overrides_help: str) -> argparse.ArgumentParser:
+    """A config-driven tool's parser: the first line of its docstring `doc`, a YAML config and KEY=VALUE overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
+    return parser
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Flags every tool takes."""
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")

@@ -2,11 +2,10 @@
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from tests.data.conftest import voc_xml
+from tests.data.conftest import write_voc
 from tests.test_tools import REPO, run_tool
 
 TINY = ["solver.max_iter=2", "solver.batch_size=2", "solver.warmup_iters=1", "solver.log_period=1",
@@ -18,20 +17,15 @@ TINY = ["solver.max_iter=2", "solver.batch_size=2", "solver.warmup_iters=1", "so
 def fast_run(tmp_path_factory):
     """A VOC folder of six 96x128 images with rectangles, and a 2-iteration Fast R-CNN run on it."""
     base = tmp_path_factory.mktemp("fast")
-    root = base / "voc"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
     rng = np.random.default_rng(0)
-    names = [f"im{i}" for i in range(6)]
-    for name in names:
+    samples = {}
+    for name in [f"im{i}" for i in range(6)]:
         image = np.full((96, 128, 3), 120, np.uint8)
         x, y = rng.integers(5, 60), rng.integers(5, 40)
         image[y:y + 40, x:x + 50] = rng.integers(0, 255, 3)
-        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), image)
-        (root / "Annotations" / f"{name}.xml").write_text(
-            voc_xml(96, 128, [(["box", "cell"][len(name) % 2], (int(x) + 1, int(y) + 1, int(x) + 50, int(y) + 40), 0)]))
-    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(names) + "\n")
+        box = (int(x) + 1, int(y) + 1, int(x) + 50, int(y) + 40)
+        samples[name] = (image, [(["box", "cell"][len(name) % 2], box, 0)])
+    root = write_voc(base / "voc", samples)
     data = [f"data.root={root}", "data.train.format=voc", "data.test.format=voc", "data.train.split=train",
             "data.test.split=train", f"data.train.proposals={base / 'props_train'}",
             f"data.test.proposals={base / 'props_test'}"]

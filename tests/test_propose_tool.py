@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from tests.data.conftest import voc_xml
+from tests.data.conftest import write_voc
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 24
@@ -21,13 +20,9 @@ NUM_IMAGES = 24
 @pytest.fixture
 def voc_config(tmp_path: Path):
     """A VOC test split of 24 noisy 200x150 images with rectangles, and a config writing proposals to a store."""
-    root = tmp_path / "voc"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
     rng = np.random.default_rng(0)
-    names = [f"im{i:02d}" for i in range(NUM_IMAGES)]
-    for name in names:
+    samples = {}
+    for name in [f"im{i:02d}" for i in range(NUM_IMAGES)]:
         image = rng.integers(0, 40, (150, 200, 3), dtype=np.uint8) + np.uint8(rng.integers(60, 160))
         objects = []
         for _ in range(3):
@@ -35,9 +30,8 @@ def voc_config(tmp_path: Path):
             w, h = rng.integers(20, 60, 2)
             image[y:y + h, x:x + w] = rng.integers(0, 255, 3)
             objects.append(("cell", (int(x) + 1, int(y) + 1, int(min(x + w, 200)), int(min(y + h, 150))), 0))
-        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), image)
-        (root / "Annotations" / f"{name}.xml").write_text(voc_xml(150, 200, objects))
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(names) + "\n")
+        samples[name] = (image, objects)
+    root = write_voc(tmp_path / "voc", samples, splits=("test",))
 
     def config(store: Path) -> Path:
         path = tmp_path / f"{store.name}.yaml"

@@ -70,26 +70,20 @@ def test_sigterm_to_the_process_group_with_loader_workers_saves_last_pth_and_say
 
 def tiny_voc(root: Path, count: int = 12, truncated: tuple[str, ...] = ()) -> Path:
     """A VOC folder of `count` 64x64 images with one box each (split trainval = test = all); some truncated."""
-    import cv2
     import numpy as np
 
-    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    ids = [f"{n:03d}" for n in range(count)]
-    for n, image_id in enumerate(ids):
+    from tests.data.conftest import write_voc
+
+    samples = {}
+    for n in range(count):
         image = np.full((64, 64, 3), 40, np.uint8)
         x = 8 + 3 * n
         image[16:40, x:x + 20] = 220
-        cv2.imwrite(str(root / "JPEGImages" / f"{image_id}.jpg"), image)
-        box = f"<xmin>{x + 1}</xmin><ymin>17</ymin><xmax>{x + 20}</xmax><ymax>40</ymax>"
-        (root / "Annotations" / f"{image_id}.xml").write_text(
-            "<annotation><size><width>64</width><height>64</height><depth>3</depth></size><object><name>block</name>"
-            f"<difficult>0</difficult><bndbox>{box}</bndbox></object></annotation>")
+        samples[f"{n:03d}"] = (image, [("block", (x + 1, 17, x + 20, 40), 0)])
+    write_voc(root, samples, splits=("trainval", "test"))
     for image_id in truncated:
         path = root / "JPEGImages" / f"{image_id}.jpg"
         path.write_bytes(path.read_bytes()[:200])
-    for split in ("trainval", "test"):
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
     return root
 
 

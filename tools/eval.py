@@ -8,7 +8,7 @@ training run's own files, never over them.
 import argparse
 from pathlib import Path
 
-from detkit.cli import add_common_args, run
+from detkit.cli import add_common_args, config_parser, run
 from detkit.config import load_config, save_config
 
 
@@ -36,9 +36,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="YAML config (e.g. the config.yaml a training run wrote)")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.root=/data/BCCD")
+    parser = config_parser("eval.py", __doc__, config_help="YAML config (e.g. the config.yaml a training run wrote)",
+                           overrides_help="dotted config overrides, e.g. data.root=/data/BCCD")
     parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
     parser.add_argument("--out", help="folder for metrics.json and config.yaml (default <output_dir>/eval)")
     add_common_args(parser)

@@ -11,7 +11,7 @@ import argparse
 import signal
 import sys
 
-from detkit.cli import add_common_args, run
+from detkit.cli import add_common_args, config_parser, run
 from detkit.config import load_config
 
 
@@ -61,9 +61,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="propose.py", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="YAML config whose data.<split>.proposals names the store")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. proposals.top_k=1000")
+    parser = config_parser("propose.py", __doc__,
+                           config_help="YAML config whose data.<split>.proposals names the store",
+                           overrides_help="dotted config overrides, e.g. proposals.top_k=1000")
     parser.add_argument("--split", choices=["train", "test", "all"], default="all", help="which split (default all)")
     parser.add_argument("--workers", type=int, help="processes for selective search (proposals.workers)")
     parser.add_argument("--mode", choices=["fast", "quality"], help="selective search setting (proposals.mode)")

@@ -7,7 +7,7 @@ An output_dir that already holds a run needs --resume (continue it) or --overwri
 """
 import argparse
 
-from detkit.cli import add_common_args, run
+from detkit.cli import add_common_args, config_parser, run
 from detkit.config import load_config
 
 
@@ -24,9 +24,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. solver.max_iter=100")
+    parser = config_parser("train.py", __doc__, config_help="YAML config, e.g. configs/demo.yaml",
+                           overrides_help="dotted config overrides, e.g. solver.max_iter=100")
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/last.pth")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in an output_dir that holds a run (its run files are deleted)")

@@ -4,13 +4,12 @@ Names: N images per batch, each a CHW float tensor; a target is a dict with `box
 absolute pixels, `labels` (M,) int64 (background = 0), `ignore` (M,) bool and `image_id`. `iteration` counts
 completed optimizer steps, so `last.pth` at iteration k resumes with the (k+1)-th step.
 Files under `output_dir`: `last.pth` (full training state), `model_final.pth` (model state_dict), `metrics.jsonl`;
-`last.prev.pth` (the checkpoint before `last.pth`, kept until the next iteration's loss proves `last.pth` finite)
-and `last.diverged.pth` (a checkpoint set aside because the loss after it was not finite).
+`last.prev.pth` and `last.diverged.pth` (see detkit.engine.safeguards).
 
 What survives what: SIGINT/SIGTERM stop at the end of the current iteration and save `last.pth`; any other error
 after training started saves `last.pth` of the last completed iteration (RNG streams as they were then, so
 `--resume` stays exact) before it propagates; a non-finite loss saves nothing and puts back the last checkpoint
-whose following loss was finite.
+whose following loss was finite (detkit.engine.safeguards).
 """
 from __future__ import annotations
 
@@ -35,10 +34,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detkit.engine import distributed
-from detkit.engine.checkpoint import (atomic_torch_save, load_checkpoint, rng_state, save_checkpoint,
-                                      set_rng_state, unwrap_model)
+from detkit.engine.checkpoint import atomic_torch_save, load_checkpoint, rng_state, save_checkpoint, unwrap_model
 from detkit.engine.metrics import MetricsWriter, ThroughputMeter, to_json
-from detkit.engine.run_dir import exclusive_run, link_or_copy, remove_stale_temporaries, stored_config
+from detkit.engine.run_dir import exclusive_run, remove_stale_temporaries
+from detkit.engine.safeguards import LastCheckpoints, keep_completed_iterations
 from detkit.errors import DetkitError
 from detkit.matching import per_image_sampling
 
@@ -106,17 +105,12 @@ class Trainer:
         self.config = config
         self.progress = progress
         self._stop_signal: int | None = None
-        self._unproven = False  # last.pth was saved after the last loss known to be finite
+        self.checkpoints = LastCheckpoints(self.output_dir, self._write_checkpoint)
 
     @property
     def last_checkpoint(self) -> Path:
         """Path of the resumable checkpoint."""
-        return self.output_dir / "last.pth"
-
-    @property
-    def previous_checkpoint(self) -> Path:
-        """The checkpoint before last.pth, kept until the loss after last.pth proves finite."""
-        return self.output_dir / "last.prev.pth"
+        return self.checkpoints.last
 
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Run iterations up to max_iter (continuing from last.pth when `resume`); return throughput and final loss."""
@@ -153,7 +147,7 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
         if is_main:
-            self.previous_checkpoint.unlink(missing_ok=True)  # the run finished: last.pth stands
+            self.checkpoints.finish()
             self._save_final_model()
         return result
 
@@ -201,25 +195,10 @@ class Trainer:
 
     def _loop(self, start_iter: int, metrics: MetricsWriter | None, bar: tqdm) -> dict[str, Any]:
         """Run the iterations from start_iter and return the summary; on an error save what can be saved first."""
-        self._unproven = self.previous_checkpoint.is_file()
+        self.checkpoints.start()
         progress = {"iteration": start_iter, "saved": start_iter, "rng": rng_state(), "loss": math.nan}
-        try:
+        with keep_completed_iterations(self.checkpoints, progress):
             return self._iterate(start_iter, metrics, bar, progress)
-        except FloatingPointError as error:
-            raise FloatingPointError(f"{error} {self._set_aside_unproven(progress['saved'])}") from None
-        except Exception:
-            iteration = progress["iteration"]
-            if iteration > progress["saved"] and _is_main_process():
-                set_rng_state(progress["rng"])  # as at the end of that iteration: the resume stays exact
-                try:
-                    self._save_last(iteration, progress["loss"])
-                except Exception as save_error:  # e.g. the disk is full: report the first error, not this one
-                    logger.warning("Error after iteration %d, and %s could not be saved (%s).",
-                                   iteration, self.last_checkpoint, save_error)
-                else:
-                    logger.warning("Error after iteration %d: %s saved; once fixed, --resume continues from "
-                                   "iteration %d.", iteration, self.last_checkpoint, iteration)
-            raise
 
     def _iterate(self, start_iter: int, metrics: MetricsWriter | None, bar: tqdm,
                  progress: dict[str, Any]) -> dict[str, Any]:
@@ -242,9 +221,7 @@ class Trainer:
                 break  # the signal also stopped the loader's workers; the state is still that of `iteration`
             lr = self.optimizer.param_groups[0]["lr"]
             losses = self._step(images, targets, iteration + 1)
-            if self._unproven:  # this loss was computed from the weights in last.pth, and it is finite
-                self.previous_checkpoint.unlink(missing_ok=True)
-                self._unproven = False
+            self.checkpoints.prove()  # this loss was computed from the weights in last.pth, and it is finite
             iteration += 1
             meter.add(len(images) * distributed.get_world_size(), time.perf_counter() - tic)
             loss = sum(losses.values())
@@ -260,13 +237,13 @@ class Trainer:
             if self.eval_fn is not None and self.eval_period > 0 and iteration % self.eval_period == 0:
                 eval_result = self._evaluate(iteration, metrics)
             if iteration % self.checkpoint_period == 0 or iteration == self.max_iter:
-                self._save_last(iteration, loss)
+                self.checkpoints.save(iteration, loss)
                 progress["saved"] = iteration
             if self._stop_signal is not None:
                 break
         if self._stop_signal is not None:
             if progress["saved"] != iteration:
-                self._save_last(iteration, loss)
+                self.checkpoints.save(iteration, loss)
             logger.warning("Stopped by signal %d after iteration %d: %s saved; --resume continues from there.",
                            self._stop_signal, iteration, self.last_checkpoint)
             if self._stop_signal == signal.SIGINT:
@@ -279,22 +256,6 @@ class Trainer:
             "final_loss": loss,
             **eval_result,
         }
-
-    def _set_aside_unproven(self, saved: int) -> str:
-        """After a non-finite loss: move an unproven last.pth aside, put back the previous one; say what is left."""
-        if not _is_main_process():
-            return ""
-        if self._unproven and self.last_checkpoint.is_file():
-            aside = self.output_dir / "last.diverged.pth"
-            os.replace(self.last_checkpoint, aside)
-            if self.previous_checkpoint.is_file():
-                os.replace(self.previous_checkpoint, self.last_checkpoint)
-            self._unproven = False
-            logger.warning("The checkpoint of iteration %d led to a non-finite loss; moved it to %s.", saved, aside)
-        if not self.last_checkpoint.is_file():
-            return "No checkpoint with a finite loss after it is left; --resume would start from scratch."
-        kept = stored_config(self.last_checkpoint)[1]
-        return f"{self.last_checkpoint} holds iteration {kept}; --resume continues from there."
 
     def _step(self, images: list[torch.Tensor], targets: list[dict[str, Any]], iteration: int) -> dict[str, float]:
         """Run one forward/backward/optimizer step; return the loss values."""
@@ -348,15 +309,10 @@ class Trainer:
                 iteration, self.max_iter, losses, record["lr"], record["img_per_s"], eta,
             )
 
-    def _save_last(self, iteration: int, loss: float) -> None:
-        """Save the resumable training state to last.pth (main process only), keeping a proven one as last.prev.pth."""
-        if not _is_main_process():
-            return
-        if self.last_checkpoint.is_file() and not self._unproven:
-            link_or_copy(self.last_checkpoint, self.previous_checkpoint)
-        self._unproven = True
+    def _write_checkpoint(self, path: Path, iteration: int, loss: float) -> None:
+        """Save the resumable training state (model, optimizer, schedule, scaler, RNG streams) to `path`."""
         save_checkpoint(
-            self.last_checkpoint,
+            path,
             model=unwrap_model(self.model),
             optimizer=self.optimizer,
             scheduler=self.lr_scheduler,

@@ -13,15 +13,24 @@ import pytest
 BCCD = Path(os.environ.get("DETKIT_BCCD", Path(__file__).resolve().parents[3] / "shared" / "data" / "BCCD"))
 
 
-def write_image(path: Path, height: int, width: int, value: int = 0) -> None:
-    """Write a small image whose pixels encode ``value`` so tests can tell images apart."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+# A VOC object: (name, (xmin, ymin, xmax, ymax) 1-based inclusive, difficult).
+VocObject = tuple[str, tuple[int, int, int, int], int]
+
+
+def pattern_image(height: int, width: int, value: int = 0) -> np.ndarray:
+    """A small (height, width, 3) uint8 image whose pixels encode ``value`` so tests can tell images apart."""
     image = np.full((height, width, 3), value, np.uint8)
     image[: height // 2, : width // 3] = 255 - value  # asymmetric, so a flip is visible
-    cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    return image
 
 
-def voc_xml(height: int, width: int, objects: list[tuple[str, tuple[int, int, int, int], int]]) -> str:
+def write_image(path: Path, height: int, width: int, value: int = 0) -> None:
+    """Write pattern_image(height, width, value) to ``path`` as a JPEG of quality 100."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), pattern_image(height, width, value), [cv2.IMWRITE_JPEG_QUALITY, 100])
+
+
+def voc_xml(height: int, width: int, objects: list[VocObject]) -> str:
     """A VOC annotation with (name, (xmin, ymin, xmax, ymax) 1-based inclusive, difficult) objects."""
     body = "".join(
         f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{b[0]}</xmin>"
@@ -31,19 +40,29 @@ def voc_xml(height: int, width: int, objects: list[tuple[str, tuple[int, int, in
     return f"<annotation>{size}{body}</annotation>"
 
 
+def write_voc(root: Path, samples: dict[str, tuple[np.ndarray, list[VocObject]]], splits: tuple[str, ...] = ("train",),
+              jpeg_quality: int = 95) -> Path:
+    """Write a VOC folder at ``root`` and return it: for each name, JPEGImages/<name>.jpg from its (H, W, 3) uint8 BGR
+    image (JPEG quality 95 is cv2's default) and Annotations/<name>.xml with the image's size and its objects; each
+    split's ImageSets/Main/<split>.txt lists every name in order."""
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name, (image, objects) in samples.items():
+        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        (root / "Annotations" / f"{name}.xml").write_text(voc_xml(image.shape[0], image.shape[1], objects))
+    for split in splits:
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(samples) + "\n")
+    return root
+
+
 @pytest.fixture
 def tiny_voc(tmp_path: Path) -> Path:
     """VOC folder: a (landscape, 1 dog + difficult cat), b (portrait, 1 cat), split 'train' = a, b."""
-    root = tmp_path / "voc"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    write_image(root / "JPEGImages" / "a.jpg", 24, 32, 10)
-    write_image(root / "JPEGImages" / "b.jpg", 32, 24, 200)
-    objects = [("dog", (1, 2, 10, 12), 0), ("cat", (5, 5, 20, 20), 1)]
-    (root / "Annotations" / "a.xml").write_text(voc_xml(24, 32, objects))
-    (root / "Annotations" / "b.xml").write_text(voc_xml(32, 24, [("cat", (3, 4, 24, 32), 0)]))
-    (root / "ImageSets" / "Main" / "train.txt").write_text("a\nb\n")
-    return root
+    samples = {
+        "a": (pattern_image(24, 32, 10), [("dog", (1, 2, 10, 12), 0), ("cat", (5, 5, 20, 20), 1)]),
+        "b": (pattern_image(32, 24, 200), [("cat", (3, 4, 24, 32), 0)]),
+    }
+    return write_voc(tmp_path / "voc", samples, jpeg_quality=100)
 
 
 @pytest.fixture

@@ -24,21 +24,14 @@ print(sum(len(batch) for batch in loader))
 
 
 def test_forked_loader_workers_start_after_an_in_process_search(tmp_path):
-    import cv2
     import numpy as np
 
-    from tests.data.conftest import voc_xml
+    from tests.data.conftest import write_voc
 
-    root = tmp_path / "voc"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
     rng = np.random.default_rng(0)
-    names = [f"im{i}" for i in range(16)]
-    for name in names:
-        cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), rng.integers(0, 255, (192, 192, 3), dtype=np.uint8))
-        (root / "Annotations" / f"{name}.xml").write_text(voc_xml(192, 192, [("cell", (3, 5, 60, 70), 0)]))
-    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(names) + "\n")
+    samples = {f"im{i}": (rng.integers(0, 255, (192, 192, 3), dtype=np.uint8), [("cell", (3, 5, 60, 70), 0)])
+               for i in range(16)}
+    root = write_voc(tmp_path / "voc", samples)
     code = SCRIPT.format(root=str(root), store=str(tmp_path / "store"))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -4,19 +4,16 @@ from detkit.data.loader import TrainStream, build_test_loader, build_train_loade
 from detkit.data.transforms import build_transforms
 from detkit.data.voc import VOCDataset
 
-from .conftest import voc_xml, write_image
+from .conftest import pattern_image, write_voc
 
 
 def _voc(root, count=8):
     """VOC set alternating landscape (24x32) and portrait (32x24) images, each with one box."""
-    (root / "Annotations").mkdir(parents=True)
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    names = [f"im{i}" for i in range(count)]
-    for i, name in enumerate(names):
+    samples = {}
+    for i in range(count):
         height, width = (24, 32) if i % 2 == 0 else (32, 24)
-        write_image(root / "JPEGImages" / f"{name}.jpg", height, width, 20 * i)
-        (root / "Annotations" / f"{name}.xml").write_text(voc_xml(height, width, [("obj", (2, 3, 10 + i, 12), 0)]))
-    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(names))
+        samples[f"im{i}"] = (pattern_image(height, width, 20 * i), [("obj", (2, 3, 10 + i, 12), 0)])
+    write_voc(root, samples, jpeg_quality=100)
     transforms = build_transforms(True, flip_prob=0.5, color_jitter=0.2)
     return VOCDataset(root, "train", transforms=transforms)
 

@@ -13,21 +13,14 @@ from detkit.config import config_from_dict
 from detkit.data.proposals import ProposalStore, propose_dataset, propose_image, recall_summary
 from detkit.data.voc import VOCDataset
 from detkit.errors import DetkitError
-from tests.data.conftest import voc_xml, write_image
+from tests.data.conftest import pattern_image, write_voc
 
 
 @pytest.fixture
 def voc5(tmp_path: Path) -> Path:
     """VOC folder of five 40x60 images, each with one box, split 'train'."""
-    root = tmp_path / "voc5"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    names = [f"im{i}" for i in range(5)]
-    for i, name in enumerate(names):
-        write_image(root / "JPEGImages" / f"{name}.jpg", 40, 60, 40 * i)
-        (root / "Annotations" / f"{name}.xml").write_text(voc_xml(40, 60, [("cell", (3, 5, 30, 25), 0)]))
-    (root / "ImageSets" / "Main" / "train.txt").write_text("\n".join(names) + "\n")
-    return root
+    samples = {f"im{i}": (pattern_image(40, 60, 40 * i), [("cell", (3, 5, 30, 25), 0)]) for i in range(5)}
+    return write_voc(tmp_path / "voc5", samples, jpeg_quality=100)
 
 
 def fake_search(calls: list):
