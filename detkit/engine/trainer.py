@@ -391,9 +391,9 @@ def _is_main_process() -> bool:
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
     """The model wrapped in DistributedDataParallel when a process group of 2+ ranks exists (else as it is).
 
-    DDP averages gradients over ranks; each rank's losses are means over its B/W images, so the average is the
-    global batch's mean as long as every image contributes the same number of sampled anchors / RoIs (see
-    docs/benchmarks.md, "Data-parallel training").
+    DDP averages gradients over ranks; each rank's losses divide its summed per-sample losses by the global
+    sample count over W (distributed.global_mean_count), so the average is the global batch's per-sample mean
+    however the anchors / RoIs fall on the ranks (see docs/benchmarks.md, "Data-parallel training").
     """
     if distributed.get_world_size() == 1:
         return model

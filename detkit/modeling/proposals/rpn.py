@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.box_ops import BoxCoder, box_iou, clip_boxes_to_image, remove_small_boxes
+from detkit.engine.distributed import global_mean_count
 from detkit.matching import BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from detkit.modeling.proposals.anchors import AnchorGenerator
 from detkit.ops import batched_nms
@@ -62,9 +63,14 @@ def _flatten_level(x: Tensor, channels: int) -> Tensor:
 
 def rpn_losses(objectness: Tensor, deltas: Tensor, labels: Tensor, regression_targets: Tensor,
                sampled_pos: Tensor, sampled_neg: Tensor) -> dict[str, Tensor]:
-    """Binary cross-entropy over sampled anchors and smooth-L1 over positive ones, both per sampled anchor."""
+    """Binary cross-entropy over sampled anchors and smooth-L1 over positive ones, both per sampled anchor.
+
+    Sums divided by global_mean_count of this process's sampled anchors: their number alone; under data-parallel
+    training the mean over ranks, so that DDP's gradient average is the global batch's per-anchor mean (see
+    detkit.engine.distributed.global_mean_count). Every rank must call it (it all-reduces the count).
+    """
     sampled = sampled_pos | sampled_neg
-    num_sampled = sampled.sum().clamp(min=1)
+    num_sampled = global_mean_count(sampled.sum())
     # beta = 1/9: the RPN's smooth-L1 switch point from the Faster R-CNN reference code.
     box_loss = F.smooth_l1_loss(deltas[sampled_pos], regression_targets[sampled_pos], beta=1 / 9,
                                 reduction="sum") / num_sampled

@@ -10,20 +10,28 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detkit.box_ops import BoxCoder, clip_boxes_to_image, remove_small_boxes
+from detkit.engine.distributed import global_mean_count
 from detkit.ops import batched_nms
 
 
 def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, labels: Tensor,
                      regression_targets: Tensor) -> dict[str, Tensor]:
-    """Cross-entropy over all sampled regions; smooth-L1 on the true class's deltas of foreground regions."""
-    if labels.numel() == 0:  # no region sampled in the whole batch: zero losses that still reach every weight
+    """Cross-entropy over all sampled regions; smooth-L1 on the true class's deltas of foreground regions.
+
+    Both are sums over this process's R regions divided by global_mean_count(R) (detkit.engine.distributed): R
+    itself alone, and under data-parallel training the mean over ranks of R, so that DDP's gradient average is the
+    per-region mean of the whole global batch however its regions fall on the ranks (the docstring there derives
+    it). Alone this is bit-identical to cross_entropy's mean. Every rank must call it (it all-reduces R).
+    """
+    normalizer = global_mean_count(labels.new_tensor(labels.numel()))  # a collective: before any early return
+    if labels.numel() == 0:  # no region sampled on this rank: zero losses that still reach every weight
         zero = class_logits.sum() * 0 + box_deltas.sum() * 0
         return {"loss_classifier": zero, "loss_box_reg": zero.clone()}
-    cls_loss = F.cross_entropy(class_logits, labels)
+    cls_loss = F.cross_entropy(class_logits, labels, reduction="sum") / normalizer
     fg = torch.nonzero(labels > 0).squeeze(1)
     deltas = box_deltas.view(box_deltas.shape[0], -1, 4)[fg, labels[fg]]
     # Normalised by all sampled regions (not only foreground), as in the Fast R-CNN reference code.
-    box_loss = F.smooth_l1_loss(deltas, regression_targets[fg], beta=1 / 9, reduction="sum") / max(labels.numel(), 1)
+    box_loss = F.smooth_l1_loss(deltas, regression_targets[fg], beta=1 / 9, reduction="sum") / normalizer
     return {"loss_classifier": cls_loss, "loss_box_reg": box_loss}
 
 

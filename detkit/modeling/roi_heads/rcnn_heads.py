@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detkit.box_ops import BoxCoder, clip_boxes_to_image, remove_small_boxes
+from detkit.engine.distributed import global_mean_count
 from detkit.modeling.roi_heads.roi_heads import RoIHeads
 from detkit.ops import batched_nms
 
@@ -30,9 +31,11 @@ class RCNNHeads(RoIHeads):
             proposals, labels, _ = self.sample_proposals(proposals, targets)
             fc7, _ = self.box_head(self.pooler(features, proposals))
             logits = self.box_predictor(fc7).float()
+            # Per-region mean over the global batch, as fast_rcnn_losses (one process: cross_entropy's mean).
+            normalizer = global_mean_count(labels.new_tensor(labels.numel()))
             if labels.numel() == 0:
                 return [], {"loss_classifier": logits.sum() * 0}
-            return [], {"loss_classifier": F.cross_entropy(logits, labels)}
+            return [], {"loss_classifier": F.cross_entropy(logits, labels, reduction="sum") / normalizer}
         fc7, pool5 = self.region_features(features, proposals)
         scores = self.box_predictor.svm_scores(fc7)
         deltas = self.box_predictor.box_deltas(pool5)
