@@ -86,6 +86,8 @@ def run_svm_stage(cache: FeatureCache, image_ids: list[int], num_classes: int, s
             metrics[f"svm/class_{k}/rounds"] = int(saved["rounds"])
             metrics[f"svm/class_{k}/cache_sizes"] = saved["cache_sizes"].tolist()
             metrics[f"svm/class_{k}/objectives"] = saved["objectives"].tolist()
+            if saved["objectives"].size:  # the SVM kept is the round with the lowest objective
+                metrics[f"svm/class_{k}/chosen_round"] = int(saved["objectives"].argmin()) + 1
     np.savez(folder / "svms.npz", weight=np.stack(weights), bias=np.array(biases), scale=scale)
     return metrics
 

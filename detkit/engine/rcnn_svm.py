@@ -97,14 +97,22 @@ def fit_linear_svm(positives: np.ndarray, negatives: np.ndarray, settings: SVMSe
 def train_svm_with_hard_negatives(positives: np.ndarray, negatives: NegativePool, settings: SVMSettings,
                                   on_round: Callable[[MiningRound], None] | None = None
                                   ) -> tuple[np.ndarray, float, list[MiningRound]]:
-    """Weight (D,), bias and the mining history of one class's SVM; positives (P, D) with P >= 1."""
+    """Weight (D,), bias and the mining history of one class's SVM; positives (P, D) with P >= 1.
+
+    The SVM returned is the round's with the lowest objective over all negatives (``svm_objective``), so mining
+    never makes the result worse. Without a bound each round's objective is at most the last one's; once the cache
+    is full, keeping only the hardest negatives drops support vectors of the previous fit and a later round can
+    score worse on the whole set (measured on the demo data: 12.9, 4.8, 18.9, 7.6 for one class).
+    """
     if len(positives) == 0:
         raise ValueError("an SVM needs at least one positive")
+    if settings.max_rounds < 1:
+        raise ValueError(f"hard-negative mining needs at least one round, got max_rounds={settings.max_rounds}")
     rng = np.random.default_rng(settings.seed)
     first = min(settings.init_negatives, settings.cache_size, len(negatives))
     cache = np.sort(rng.choice(len(negatives), size=first, replace=False)) if first else np.zeros(0, np.int64)
     history: list[MiningRound] = []
-    weight, bias = np.zeros(positives.shape[1]), 0.0
+    best: tuple[float, np.ndarray, float] | None = None
     for r in range(1, settings.max_rounds + 1):
         weight, bias = fit_linear_svm(positives, negatives.take(cache), settings)
         scores = negatives.scores(weight, bias)
@@ -115,6 +123,8 @@ def train_svm_with_hard_negatives(positives: np.ndarray, negatives: NegativePool
         record = MiningRound(r, len(cache), hard, int(easy.sum()),
                              svm_objective(weight, bias, positives, scores, settings))
         history.append(record)
+        if best is None or record.objective < best[0]:
+            best = (record.objective, weight, bias)
         if on_round is not None:
             on_round(record)
         if hard.size == 0:
@@ -123,4 +133,5 @@ def train_svm_with_hard_negatives(positives: np.ndarray, negatives: NegativePool
         if merged.size > settings.cache_size:  # keep the hardest within the bound
             merged = merged[np.argsort(-scores[merged], kind="stable")[:settings.cache_size]]
         cache = np.sort(merged)
-    return weight, bias, history
+    assert best is not None  # at least one round ran
+    return best[1], best[2], history

@@ -54,6 +54,20 @@ def test_svm_objective_does_not_get_worse_across_rounds():
     assert objectives[-1] < objectives[0]  # mining helped on the full set of negatives
 
 
+def test_a_full_cache_never_makes_the_returned_svm_worse():
+    """With the cache bound reached, keeping only the hardest negatives can raise the objective over all negatives
+    in a later round (measured on the demo data); the SVM returned is the round with the lowest objective."""
+    pos, neg = _problem(seed=0, num_neg=1500)
+    settings = SVMSettings(init_negatives=40, cache_size=60, max_rounds=5)
+    pool = ArrayNegatives(neg)
+    w, b, history = train_svm_with_hard_negatives(pos, pool, settings)
+    objectives = [r.objective for r in history]
+    assert max(objectives[1:]) > min(objectives)  # this data does get worse after the best round
+    returned = svm_objective(w, b, pos, pool.scores(w, b), settings)
+    assert returned == pytest.approx(min(objectives), rel=1e-9)
+    assert returned < objectives[-1]
+
+
 def test_objective_counts_weighted_hinge_and_scaled_bias():
     settings = SVMSettings(C=0.5, bias_scale=10.0, pos_weight=2.0)
     w = np.array([1.0, 0.0])
