@@ -174,6 +174,7 @@ class TestConfig:
     # Mixed precision at test time: auto = bf16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX) or on
     # CUDA, float32 elsewhere; see docs/benchmarks.md "CPU inference levers" for the measured speed and mAP.
     amp: Literal["auto", "off", "bf16"] = "auto"
+    fold_bn: bool = True  # fold eval-mode BatchNorm / frozen BN into the convolution before it (detkit.modeling.fuse)
 
 
 @dataclass

@@ -88,7 +88,9 @@ def main(args: argparse.Namespace) -> int:
     model = load_trained(cfg, weights).to(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        twin = to_torchvision(model).to(device).eval()
+        # the twin from the unfolded weights: torchvision's backbone keeps its FrozenBatchNorm2d layers
+        twin_cfg = load_config(args.config, [*args.overrides, "test.fold_bn=false"])
+        twin = to_torchvision(load_trained(twin_cfg, weights)).to(device).eval()
     images = [im.to(device) for im in load_images(cfg, args.images, args.limit)]
     sides = {"detkit": with_test_amp(model, cfg.test.amp, device), "torchvision": twin}
     best = {name: 0.0 for name in sides}

@@ -199,10 +199,14 @@ def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector
 
 
 def prepare_for_test(model: TwoStageDetector, cfg: Config) -> TwoStageDetector:
-    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank); returns it."""
+    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank, test.fold_bn); returns
+    it, in eval mode when test.fold_bn is on."""
     rank = cfg.model.roi_heads.svd_rank
     if rank is not None:
         if rank <= 0:
             raise DetkitError(f"config key 'model.roi_heads.svd_rank' must be positive, got {rank}")
         compress_box_head(model.roi_heads.box_head, rank)
+    if cfg.test.fold_bn:  # after training: the folded model has no BatchNorm left to train
+        from detkit.modeling.fuse import fold_detector_batch_norm
+        fold_detector_batch_norm(model.eval())
     return model
