@@ -175,6 +175,8 @@ class TestConfig:
     # CUDA, float32 elsewhere; see docs/benchmarks.md "CPU inference levers" for the measured speed and mAP.
     amp: Literal["auto", "off", "bf16"] = "auto"
     fold_bn: bool = True  # fold eval-mode BatchNorm / frozen BN into the convolution before it (detkit.modeling.fuse)
+    # CPU inference: RoIAlign as one multi-threaded gather in the features' dtype (detkit.ops.roi_align_gather)
+    gather_roi_align: bool = True
 
 
 @dataclass

@@ -199,8 +199,8 @@ def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector
 
 
 def prepare_for_test(model: TwoStageDetector, cfg: Config) -> TwoStageDetector:
-    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank, test.fold_bn); returns
-    it, in eval mode when test.fold_bn is on."""
+    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank, test.fold_bn,
+    test.gather_roi_align); returns it, in eval mode when test.fold_bn is on."""
     rank = cfg.model.roi_heads.svd_rank
     if rank is not None:
         if rank <= 0:
@@ -209,4 +209,7 @@ def prepare_for_test(model: TwoStageDetector, cfg: Config) -> TwoStageDetector:
     if cfg.test.fold_bn:  # after training: the folded model has no BatchNorm left to train
         from detkit.modeling.fuse import fold_detector_batch_norm
         fold_detector_batch_norm(model.eval())
+    if cfg.test.gather_roi_align:  # CPU inference only; training and CUDA keep RoIPooler's path
+        from detkit.modeling.roi_heads.gather_pooler import use_gather_pooler
+        use_gather_pooler(model)
     return model
