@@ -177,6 +177,7 @@ class TestConfig:
     fold_bn: bool = True  # fold eval-mode BatchNorm / frozen BN into the convolution before it (detkit.modeling.fuse)
     # CPU inference: RoIAlign as one multi-threaded gather in the features' dtype (detkit.ops.roi_align_gather)
     gather_roi_align: bool = True
+    channels_last: bool = True  # NHWC images into the backbone at test time (as model.backbone.channels_last)
 
 
 @dataclass

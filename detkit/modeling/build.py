@@ -199,17 +199,15 @@ def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector
 
 
 def prepare_for_test(model: TwoStageDetector, cfg: Config) -> TwoStageDetector:
-    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank, test.fold_bn,
-    test.gather_roi_align); returns it, in eval mode when test.fold_bn is on."""
+    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank and
+    test.fold_bn, gather_roi_align, channels_last); returns it, in eval mode when test.fold_bn is on."""
     rank = cfg.model.roi_heads.svd_rank
     if rank is not None:
         if rank <= 0:
             raise DetkitError(f"config key 'model.roi_heads.svd_rank' must be positive, got {rank}")
         compress_box_head(model.roi_heads.box_head, rank)
-    if cfg.test.fold_bn:  # after training: the folded model has no BatchNorm left to train
-        from detkit.modeling.fuse import fold_detector_batch_norm
-        fold_detector_batch_norm(model.eval())
-    if cfg.test.gather_roi_align:  # CPU inference only; training and CUDA keep RoIPooler's path
-        from detkit.modeling.roi_heads.gather_pooler import use_gather_pooler
-        use_gather_pooler(model)
-    return model
+    from detkit.modeling.fuse import speed_up_inference  # after training: a folded model has no BatchNorm to train
+
+    t = cfg.test
+    return speed_up_inference(model, fold_bn=t.fold_bn, gather_roi_align=t.gather_roi_align,
+                              channels_last=t.channels_last)

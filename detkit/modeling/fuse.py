@@ -76,3 +76,18 @@ def fold_detector_batch_norm(model: nn.Module) -> int:
         except (fx.proxy.TraceError, TypeError, NotImplementedError):  # data-dependent control flow
             continue
     return folded
+
+
+def speed_up_inference(model: nn.Module, *, fold_bn: bool = True, gather_roi_align: bool = True,
+                       channels_last: bool = True) -> nn.Module:
+    """The test-time levers of docs/benchmarks.md "CPU inference levers", in place: BatchNorm folded (model in
+    eval mode), the gather RoIAlign pooler on the CPU, channels-last images into the backbone; returns the model."""
+    if fold_bn:
+        fold_detector_batch_norm(model.eval())
+    if gather_roi_align:
+        from detkit.modeling.roi_heads.gather_pooler import use_gather_pooler
+
+        use_gather_pooler(model)
+    if channels_last and hasattr(model, "channels_last"):
+        model.channels_last = True
+    return model

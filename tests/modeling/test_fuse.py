@@ -47,19 +47,21 @@ def test_folded_detector_gives_the_same_features_and_detections(recipe, norm, fo
     torch.testing.assert_close(folded_detections[0]["scores"], detections[0]["scores"], atol=1e-4, rtol=1e-4)
 
 
-def test_prepare_for_test_folds_only_with_test_fold_bn():
-    for fold, left in (("true", 0), ("false", 20)):
-        model = build_model(load_config(CONFIGS / "faster_rcnn_r18_fpn.yaml", [*SMALL, f"test.fold_bn={fold}"]))
-        cfg = load_config(CONFIGS / "faster_rcnn_r18_fpn.yaml", [*SMALL, f"test.fold_bn={fold}"])
-        prepare_for_test(model, cfg)
-        assert sum(isinstance(m, NORMS) for m in model.modules()) == left
+def test_prepare_for_test_applies_only_the_levers_asked_for():
+    for on, norms_left in (("true", 0), ("false", 20)):
+        levers = [f"test.fold_bn={on}", f"test.channels_last={on}"]
+        cfg = load_config(CONFIGS / "faster_rcnn_r18_fpn.yaml", [*SMALL, *levers])
+        model = prepare_for_test(build_model(cfg), cfg)
+        assert sum(isinstance(m, NORMS) for m in model.modules()) == norms_left
+        assert model.channels_last is (on == "true")
 
 
 def test_a_convolution_whose_output_is_also_used_elsewhere_keeps_its_norm():
     class Shared(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv, self.bn, self.conv2, self.bn2 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), FrozenBatchNorm2d(4)
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 1), FrozenBatchNorm2d(4)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.conv(x)
