@@ -185,6 +185,10 @@ class TestConfig:
     # Mixed precision at test time: auto = bf16 autocast where the CPU has native bf16 (AVX512-BF16 / AMX) or on
     # CUDA, float32 elsewhere; see docs/benchmarks.md "CPU inference levers" for the measured speed and mAP.
     amp: Literal["auto", "off", "bf16"] = "auto"
+    fold_bn: bool = True  # fold eval-mode BatchNorm / frozen BN into the convolution before it (detkit.modeling.fuse)
+    # CPU inference: RoIAlign as one multi-threaded gather in the features' dtype (detkit.ops.roi_align_gather)
+    gather_roi_align: bool = True
+    channels_last: bool = True  # NHWC images into the backbone at test time (as model.backbone.channels_last)
 
 
 @dataclass

@@ -4,8 +4,9 @@ The twin is `detkit.interop.torchvision.to_torchvision(model)`, so the two diffe
 anchors or thresholds. Images are decoded and moved to the device before timing; each round passes every image
 through both sides, interleaved call by call with the order alternating (so that other jobs on a shared CPU slow
 both sides alike), and the best round per side is reported (CUDA synchronised around each call). Works for ResNet-FPN detectors on CPU or CUDA.
-detkit runs with the config's test-time settings: `test.amp` (auto: bf16 autocast where the CPU has native bf16)
-and `model.backbone.channels_last`; torchvision runs as it comes (float32). `--batch N` feeds both N images a call.
+detkit runs with the config's test-time settings: `test.amp` (auto: bf16 autocast where the CPU has native bf16),
+`test.fold_bn`, `test.gather_roi_align` and `test.channels_last` (all on by default; docs/benchmarks.md "CPU inference
+levers"); torchvision runs as it comes (float32). `--batch N` feeds both N images a call.
 """
 from __future__ import annotations
 
@@ -88,7 +89,9 @@ def main(args: argparse.Namespace) -> int:
     model = load_trained(cfg, weights).to(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        twin = to_torchvision(model).to(device).eval()
+        # the twin from the unfolded weights: torchvision's backbone keeps its FrozenBatchNorm2d layers
+        twin_cfg = load_config(args.config, [*args.overrides, "test.fold_bn=false"])
+        twin = to_torchvision(load_trained(twin_cfg, weights)).to(device).eval()
     images = [im.to(device) for im in load_images(cfg, args.images, args.limit)]
     sides = {"detkit": with_test_amp(model, cfg.test.amp, device), "torchvision": twin}
     best = {name: 0.0 for name in sides}
@@ -98,8 +101,10 @@ def main(args: argparse.Namespace) -> int:
             best[name] = max(best[name], ips)
     threads = torch.get_num_threads() if device.type == "cpu" else None
     where = f"{device.type}" + (f", {threads} threads" if threads else f" ({torch.cuda.get_device_name()})")
+    levers = [k for k in ("fold_bn", "gather_roi_align", "channels_last") if getattr(cfg.test, k)]
     print(f"# {len(images)} images on {where}, best of {args.rounds} rounds, batch {args.batch}; detkit test.amp "
-          f"{cfg.test.amp} -> {resolve_test_amp(cfg.test.amp, device)}; torch {torch.__version__}")
+          f"{cfg.test.amp} -> {resolve_test_amp(cfg.test.amp, device)}, {', '.join(levers) or 'no other lever'}; "
+          f"torch {torch.__version__}")
     for name in sides:
         print(f"{name:>12}: {best[name]:.2f} img/s")
     print(f"{'ratio':>12}: {best['detkit'] / best['torchvision']:.2f}x (detkit / torchvision); "

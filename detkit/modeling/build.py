@@ -206,7 +206,12 @@ def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector
 
 
 def prepare_for_test(model: TwoStageDetector, cfg: Config) -> TwoStageDetector:
-    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank); returns it."""
+    """Applies the test-time options of a config to a trained model (model.roi_heads.svd_rank and
+    test.fold_bn, gather_roi_align, channels_last); returns it, in eval mode when test.fold_bn is on."""
+    from detkit.modeling.fuse import speed_up_inference  # after training: a folded model has no BatchNorm to train
+
+    t = cfg.test
+    speed_up_inference(model, fold_bn=t.fold_bn, gather_roi_align=t.gather_roi_align, channels_last=t.channels_last)
     rank = cfg.model.roi_heads.svd_rank
     if rank is not None:
         if rank <= 0:
