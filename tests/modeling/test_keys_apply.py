@@ -47,7 +47,8 @@ def test_faster_rcnn_refuses_rcnn_keys_but_proposals_from_an_rpn_keep_rpn_keys()
     with pytest.raises(DetkitError, match=r"faster_rcnn: model.rcnn.context_pad \(in the command line\)"):
         check_keys_apply(load_config(CONFIGS / "demo.yaml", ["model.rcnn.context_pad=16"]))
     # A Fast R-CNN whose store an RPN fills reads model.rpn.*.
-    check_keys_apply(load_config(CONFIGS / "fast_rcnn_r18_fpn.yaml", ["proposals.method=rpn", "model.rpn.nms_thresh=0.7"]))
+    check_keys_apply(load_config(CONFIGS / "fast_rcnn_r18_fpn.yaml",
+                                 ["proposals.method=rpn", "model.rpn.nms_thresh=0.7"]))
 
 
 @pytest.mark.parametrize("key", RCNN_UNUSED_ROI_HEADS)
