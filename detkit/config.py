@@ -4,6 +4,10 @@ A file may name `_base_: path` or a list of paths (relative to the file); bases 
 then the file's own keys on top, then `key.sub=value` overrides (values parsed as YAML). Every key is checked
 against the schema in detkit.config_schema: an unknown key or a wrong type is a DetkitError naming the key,
 where it came from and, for unknown keys, the closest valid one.
+
+A loaded Config also carries two plain attributes (not schema keys): ``sources`` (dotted key -> the file or command
+line that set it) and ``user_keys`` (the dotted keys the files, their ``_base_`` files and the overrides set, as
+opposed to the schema's defaults), which detkit.modeling.build.check_keys_apply reads to refuse keys an arch ignores.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from detkit.config_checks import check_values
+from detkit.config_checks import check_values, ignored_keys
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 
@@ -125,7 +129,17 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     _resolve_roots(config)
     check_values(config)
     config.sources = dict(sources or {})  # dotted key -> file or command line that set it (not a schema key)
+    config.user_keys = frozenset(_tree_keys(tree))  # keys the user set, whatever their value (not a schema key)
     return config
+
+
+def _tree_keys(tree: dict, prefix: str = "") -> list[str]:
+    """The dotted keys of the values (not the sections) in a nested dict."""
+    keys: list[str] = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys += _tree_keys(value, dotted + ".") if isinstance(value, dict) else [dotted]
+    return keys
 
 
 def _build(cls: type, tree: dict, prefix: str, sources: dict[str, str]) -> Any:
@@ -217,10 +231,27 @@ def config_to_dict(config: Any) -> dict:
 
 
 def save_config(config: Config, path: str | Path) -> Path:
-    """Writes the resolved config as YAML (atomically) and returns the path."""
+    """Writes the resolved config as YAML (atomically) and returns the path.
+
+    Every key is written except those the config's model.arch ignores (config_checks.ignored_keys), so the file
+    loads back as a config whose every key applies (a key an arch ignores is an error when set in a file).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tree = config_to_dict(config)
+    for key in ignored_keys(config):
+        _remove(tree, key.split("."))
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
     tmp.replace(path)
     return path
+
+
+def _remove(tree: dict, parts: list[str]) -> None:
+    """Deletes the key at path `parts` from a nested dict, and each section it leaves empty."""
+    if len(parts) > 1:
+        _remove(tree[parts[0]], parts[1:])
+        if not tree[parts[0]]:
+            del tree[parts[0]]
+    else:
+        del tree[parts[0]]

@@ -21,28 +21,60 @@ NON_NEGATIVE = ("data.num_workers", "solver.warmup_iters", "train.eval_period", 
 # Keys whose value must lie in (0, 1].
 FRACTION = ("model.rpn.positive_fraction", "model.roi_heads.positive_fraction")
 
+# model.roi_heads keys R-CNN's heads never read: its pooler is the region warper (model.rcnn.warp_size,
+# context_pad), its box head the whole CNN, its foreground / background split fixed at IoU 0.5 (§2.3), and its test
+# threshold and NMS are model.rcnn.score_thresh / nms_thresh (SVM margins, NMS 0.3, §2.2).
+RCNN_UNUSED_ROI_HEADS = ("pooler", "pooler_resolution", "sampling_ratio", "aligned", "box_head", "fg_iou_thresh",
+                         "bg_iou_thresh", "bg_iou_lo", "representation_size", "score_thresh", "nms_thresh")
+# Keys (a section stands for every key under it) that an arch's builder never reads: setting one is an error
+# (detkit.modeling.build.check_keys_apply), since a key silently ignored misleads. model.rpn.* applies to every
+# arch when proposals.method is rpn (an RPN of that config fills the proposal store).
+IGNORED_BY_ARCH: dict[str, tuple[str, ...]] = {
+    "faster_rcnn": ("model.rcnn",),
+    "fast_rcnn": ("model.rpn", "model.rcnn"),
+    "rcnn": ("model.rpn", "model.backbone.channels_last", *(f"model.roi_heads.{k}" for k in RCNN_UNUSED_ROI_HEADS)),
+}
+
 
 def check_values(config: Any) -> None:
     """Raise a DetkitError naming the first key whose value is out of its range."""
     for key in POSITIVE:
-        value = _get(config, key)
+        value = config_value(config, key)
         if value is not None and value < 1:
             raise DetkitError(f"config key {key!r} must be at least 1{_or_null(config, key)}, got {value}")
     for key in NON_NEGATIVE:
-        value = _get(config, key)
+        value = config_value(config, key)
         if value is not None and value < 0:
             raise DetkitError(f"config key {key!r} must be 0 or more, got {value}")
     for key in FRACTION:
-        value = _get(config, key)
+        value = config_value(config, key)
         if value is not None and not 0 < value <= 1:
             raise DetkitError(f"config key {key!r} must lie in (0, 1], got {value}")
-    sizes = _get(config, "input.min_size")
+    sizes = config_value(config, "input.min_size")
     for size in sizes if isinstance(sizes, list) else [sizes]:
         if size < 1:
             raise DetkitError(f"config key 'input.min_size' must be at least 1, got {sizes}")
 
 
-def _get(config: Any, dotted: str) -> Any:
+def ignored_keys(config: Any) -> list[str]:
+    """Every dotted leaf key of the schema that config.model.arch ignores, in schema order."""
+    sections = [s for s in IGNORED_BY_ARCH[config.model.arch]
+                if not (s == "model.rpn" and config.proposals.method == "rpn")]
+    return [key for key in leaf_keys(config) if any(key == s or key.startswith(s + ".") for s in sections)]
+
+
+def leaf_keys(config: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of every value (not section) in a config dataclass."""
+    keys: list[str] = []
+    for name in getattr(config, "__dataclass_fields__", {}):
+        value = getattr(config, name)
+        dotted = f"{prefix}{name}"
+        keys += leaf_keys(value, dotted + ".") if hasattr(value, "__dataclass_fields__") else [dotted]
+    return keys
+
+
+def config_value(config: Any, dotted: str) -> Any:
+    """The value of a dotted key in a config (None where the path does not exist)."""
     node = config
     for part in dotted.split("."):
         node = getattr(node, part, None)

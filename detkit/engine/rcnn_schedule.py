@@ -22,7 +22,7 @@ from detkit.engine.rcnn_features import FeatureCache, cache_features
 from detkit.engine.rcnn_fitting import append_jsonl, run_bbox_stage, run_svm_stage
 from detkit.engine.rcnn_svm import SVMSettings
 from detkit.engine.stages import Stage, run_stages
-from detkit.modeling.build import build_model
+from detkit.modeling.build import build_model, prepare_for_test
 
 STAGES = ("1_proposals", "2_finetune", "3_features", "4_svms", "5_bbox_reg")
 
@@ -174,6 +174,7 @@ def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwri
     out = Path(cfg.output_dir)
     atomic_torch_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": class_meta(config_to_dict(cfg))},
                       out / "model_final.pth")
+    prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     voc = cfg.data.test.format == "voc"
     metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc)
     model.roi_heads.box_predictor.use_regression.fill_(False)

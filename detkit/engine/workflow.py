@@ -25,14 +25,18 @@ from detkit.data.transforms import build_transforms
 from detkit.engine import distributed, run_dir
 from detkit.engine.checkpoint import load_model_weights, read_class_meta
 from detkit.engine.inference import with_test_amp
+from detkit.engine.proposal_recorder import ProposalRecorder
 from detkit.engine.solver import build_lr_scheduler, build_optimizer
 from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
 from detkit.evaluation.coco import detections_to_coco, evaluate_coco, format_coco_table
+from detkit.evaluation.recall import rpn_recall_metrics
 from detkit.evaluation.voc import evaluate_voc
 from detkit.modeling.build import build_model, check_keys_apply, needs_proposals, prepare_for_test
 from detkit import ops
 from detkit.visualize import draw_detections, draw_grid, save_image
+
+RPN_PROPOSALS = "rpn_proposals"  # key of an image's RPN proposals in predict()'s outputs (popped by score())
 
 
 def setup(cfg: Config, make_output_dir: bool = True) -> torch.device:
@@ -145,14 +149,18 @@ def propose(cfg: Config, image: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "infer") -> tuple[list[dict], float]:
-    """Detections for every batch of a test loader (on the CPU) and the images per second."""
+    """Detections for every batch of a test loader (on the CPU) and the images per second; for a model with an
+    RPN each image's dict also holds RPN_PROPOSALS, its proposals (P, 4) in input pixels, from the same forward."""
     model.eval()
     outputs: list[dict] = []
     count, start = 0, time.perf_counter()
-    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
-        for out in model([im.to(device) for im in images], **proposal_kwargs(model, targets, device)):
-            outputs.append({k: v.cpu() for k, v in out.items()})
-        count += len(images)
+    with ProposalRecorder(model) as recorder:
+        for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+            for out in model([im.to(device) for im in images], **proposal_kwargs(model, targets, device)):
+                outputs.append({k: v.cpu() for k, v in out.items()})
+            for out, proposals in zip(outputs[len(outputs) - len(images):], recorder.take()):
+                out[RPN_PROPOSALS] = proposals
+            count += len(images)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return outputs, count / max(time.perf_counter() - start, 1e-9)
@@ -168,15 +176,30 @@ def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: 
 
 
 def score(outputs: list[dict], dataset: Any, voc: bool, img_per_s: float) -> tuple[dict[str, float], list[dict]]:
-    """COCO metrics (and VOC AP) of detections, one per dataset image in order, and their COCO-format results."""
+    """COCO metrics (and VOC AP) of detections, one per dataset image in order, and their COCO-format results;
+    with RPN proposals in the outputs (predict), their recall too: rpn/AR@100, rpn/AR@300, rpn/AR@1000."""
+    rpn = [out.pop(RPN_PROPOSALS) for out in outputs] if outputs and RPN_PROPOSALS in outputs[0] else None
     results = detections_to_coco(outputs, dataset.image_ids, dataset.label_to_category_id)
     metrics = evaluate_coco(dataset.coco_gt(), results)  # per-class AP named by the ground truth's ids
     if voc:
         targets = [dataset.target(i) for i in range(len(dataset))]
         voc_metrics = evaluate_voc(outputs, targets, num_classes=len(dataset.classes), class_names=dataset.classes)
         metrics.update(voc_metrics)
+    if rpn is not None:
+        metrics.update(rpn_recall(rpn, dataset))
     metrics["infer/img_per_s"] = img_per_s
     return metrics, results
+
+
+def rpn_recall(proposals: list[torch.Tensor], dataset: Any) -> dict[str, float]:
+    """rpn/AR@100/300/1000 (IoU 0.50:0.95, as recall.json of tools/propose.py) of one proposal set per dataset image
+    (input pixels), against its ground truth less the ignored (difficult / crowd) boxes. AR@1000 is bounded by the
+    RPN's model.rpn.post_nms_top_n_test (1000 by default): the RPN keeps no more proposals than that."""
+    gt_boxes = []
+    for i in range(len(dataset)):
+        target = dataset.target(i)
+        gt_boxes.append(target["boxes"][~target["ignore"]])
+    return rpn_recall_metrics(proposals, gt_boxes)
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, float]:

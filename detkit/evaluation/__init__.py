@@ -1,7 +1,7 @@
 """Evaluators: COCO box AP/AR, Pascal VOC AP and proposal recall."""
 
 from detkit.evaluation.coco import coco_stats, detections_to_coco, evaluate_coco, format_coco_table
-from detkit.evaluation.recall import proposal_recall
+from detkit.evaluation.recall import proposal_recall, rpn_recall_metrics
 from detkit.evaluation.voc import evaluate_voc, voc_ap
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "evaluate_voc",
     "format_coco_table",
     "proposal_recall",
+    "rpn_recall_metrics",
     "voc_ap",
 ]

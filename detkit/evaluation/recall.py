@@ -17,6 +17,7 @@ from detkit.box_ops import box_iou
 from detkit.errors import DetkitError
 
 COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+AR_LIMITS = (100, 300, 1000)  # COCO's proposal-evaluation budgets (AR@100, AR@300, AR@1000)
 
 
 def proposal_recall(
@@ -73,3 +74,16 @@ def _boxes(boxes: torch.Tensor, index: int, name: str) -> torch.Tensor:
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise DetkitError(f"{name}[{index}] must have shape (n, 4), got {tuple(boxes.shape)}.")
     return boxes
+
+
+def rpn_recall_metrics(proposals: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Tensor],
+                       limits: Sequence[int] = AR_LIMITS) -> dict[str, float]:
+    """{"rpn/AR@<n>": value} of an RPN's proposals (proposal_recall, IoU 0.50:0.95); NaN when there is no ground truth.
+
+    An RPN keeps at most post_nms_top_n["testing"] proposals per image (model.rpn.post_nms_top_n_test: 1000 by
+    default, 300 in the paper's VGG16 recipe, 100 in configs/demo.yaml), so AR@n for n above that equals AR at
+    that count: AR@1000 is bounded by the proposals the RPN keeps, not by the metric.
+    """
+    if not any(len(g) for g in gt_boxes):
+        return {f"rpn/AR@{n}": float("nan") for n in limits}
+    return {f"rpn/{key}": value for key, value in proposal_recall(proposals, gt_boxes, limits=limits).items()}

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from detkit.config_checks import config_value, ignored_keys
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 from detkit.modeling.backbones import build_backbone, build_res5_head, build_vgg_fc_head
@@ -24,23 +25,6 @@ from detkit.modeling.roi_heads.box_head import TwoMLPHead, compress_box_head
 from detkit.modeling.roi_heads.poolers import RoIPooler
 from detkit.modeling.roi_heads.predictors import FastRCNNPredictor
 from detkit.modeling.roi_heads.roi_heads import RoIHeads
-
-# Config sections that mean nothing to an arch: setting one of them is an error (a key silently ignored misleads).
-INAPPLICABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "faster_rcnn": ("model.rcnn",),
-    "fast_rcnn": ("model.rpn", "model.rcnn"),  # proposals come from a store (model.rpn.* applies when an RPN fills it)
-    "rcnn": ("model.rpn",),
-}
-
-
-def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
-    if not hasattr(tree, "__dataclass_fields__"):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for name in tree.__dataclass_fields__:
-        out.update(_flatten(getattr(tree, name), f"{prefix}.{name}"))
-    return out
-
 
 def check_schedule(cfg: Config) -> None:
     """Raises DetkitError when train.schedule cannot train the model: alternating and exact_joint need an RPN, and
@@ -66,32 +50,48 @@ def check_schedule(cfg: Config) -> None:
 
 
 def check_keys_apply(cfg: Config) -> None:
-    """Raises DetkitError naming the keys (and the file or command line that set them) that the arch ignores."""
+    """Raises DetkitError naming the keys the arch ignores (config_checks.IGNORED_BY_ARCH) that the user's files,
+    their _base_ files or the overrides set, whatever the value (default included), or that code changed from the
+    default; each named with the file or command line that set it. Also checks train.schedule and svd_rank."""
     check_schedule(cfg)
     arch = cfg.model.arch
     sources: dict[str, str] = getattr(cfg, "sources", {})
+    user_keys: frozenset[str] = getattr(cfg, "user_keys", frozenset())
     default = Config()
-    bad = []
-    for section in INAPPLICABLE_KEYS[arch]:
-        if section == "model.rpn" and cfg.proposals.method == "rpn":
-            continue
-        path = section.split(".")
-        node, ref = cfg, default
-        for part in path:
-            node, ref = getattr(node, part), getattr(ref, part)
-        values, defaults = _flatten(node, section), _flatten(ref, section)
-        # A value equal to the default changes nothing (a run's saved config.yaml lists every key).
-        bad += [f"{k} (in {sources[k]})" if k in sources else k for k, v in values.items() if v != defaults[k]]
+    bad = [f"{k} (in {sources[k]})" if k in sources else k for k in ignored_keys(cfg)
+           if k in user_keys or config_value(cfg, k) != config_value(default, k)]
     if bad:
         raise DetkitError(f"config keys that do not apply to model.arch={arch}: {', '.join(bad)}")
+    check_svd_rank(cfg)
+
+
+def check_svd_rank(cfg: Config) -> None:
+    """Raises DetkitError when model.roi_heads.svd_rank is set for a box head without fc layers to compress."""
+    if cfg.model.roi_heads.svd_rank is None:
+        return
+    name, sources = cfg.model.backbone.name, getattr(cfg, "sources", {})
+    key = "model.roi_heads.svd_rank" + (f" (in {sources['model.roi_heads.svd_rank']})"
+                                        if "model.roi_heads.svd_rank" in sources else "")
+    if cfg.model.arch == "rcnn" and not name.startswith("vgg"):
+        raise DetkitError(f"config key {key} does not apply to model.arch=rcnn with model.backbone.name={name}: "
+                          "its region CNN has no fc6/fc7 to compress (a vgg16 one has)")
+    if cfg.model.arch != "rcnn" and _box_head_kind(cfg) == "res5":
+        raise DetkitError(f"config key {key} does not apply to the res5 box head of model.arch={cfg.model.arch}: it "
+                          "has no fc6/fc7 to compress (two_mlp and vgg_fc have)")
+
+
+def _box_head_kind(cfg: Config) -> str:
+    """model.roi_heads.box_head with auto resolved: two_mlp with FPN, else the backbone's own (vgg_fc or res5)."""
+    bb, kind = cfg.model.backbone, cfg.model.roi_heads.box_head
+    if kind != "auto":
+        return kind
+    return "two_mlp" if bb.fpn else "vgg_fc" if bb.name.startswith("vgg") else "res5"
 
 
 def _box_head(cfg: Config, in_channels: int) -> nn.Module:
     """The box head model.roi_heads.box_head names (auto: 2-MLP with FPN, else the backbone's own)."""
     bb, rh = cfg.model.backbone, cfg.model.roi_heads
-    kind = rh.box_head
-    if kind == "auto":
-        kind = "two_mlp" if bb.fpn else "vgg_fc" if bb.name.startswith("vgg") else "res5"
+    kind = _box_head_kind(cfg)
     if kind == "two_mlp":
         return TwoMLPHead(in_channels * rh.pooler_resolution ** 2, rh.representation_size)
     if kind == "vgg_fc":
@@ -216,5 +216,7 @@ def prepare_for_test(model: TwoStageDetector, cfg: Config) -> TwoStageDetector:
     if rank is not None:
         if rank <= 0:
             raise DetkitError(f"config key 'model.roi_heads.svd_rank' must be positive, got {rank}")
-        compress_box_head(model.roi_heads.box_head, rank)
+        check_svd_rank(cfg)
+        box_head = model.roi_heads.box_head
+        compress_box_head(getattr(box_head, "fc_head", box_head), rank)  # R-CNN's VGG CNN keeps fc6/fc7 in fc_head
     return model

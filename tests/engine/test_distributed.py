@@ -1,6 +1,7 @@
 """Data-parallel training on the CPU (gloo): 2 processes with global batch 4 train what 1 process with batch 4
 trains (with unequal anchor / RoI counts on the ranks), and a 2-process run killed with SIGKILL resumes with 1
 process to the same weights (tiny demo runs)."""
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from detkit.errors import DetkitError
 from detkit.matching import BalancedSampler, per_image_sampling
 
 REPO = Path(__file__).resolve().parents[2]
+RPN_AR = ("rpn/AR@100", "rpn/AR@300", "rpn/AR@1000")
 # 3 iterations: see docs/benchmarks.md "Data-parallel training" for why a longer run may part by more than 1e-5.
 # Quotas above what the images have (every labelled anchor, 40 proposals + ground truth per image), so the ranks'
 # sample counts differ (e.g. 17981 vs 17670 anchors, 89 vs 95 RoIs): the losses must divide by the global count
@@ -146,6 +148,9 @@ def test_two_processes_train_the_weights_of_one(one_process, tmp_path):
     _train(out, nproc=2)
     assert _max_diff(_weights(out / "model_final.pth"), _weights(one_process / "model_final.pth")) <= 1e-5
     assert (out / "metrics.json").is_file() and not list(out.glob("*.tmp"))
+    # The RPN's recall, from proposals gathered over both ranks, equals the one-process figure.
+    two, one = (json.loads((d / "metrics.json").read_text()) for d in (out, one_process))
+    assert {k: two[k] for k in RPN_AR} == pytest.approx({k: one[k] for k in RPN_AR}, abs=1e-6)
 
 
 def test_two_processes_killed_then_one_resumes_to_the_same_weights(one_process, tmp_path):

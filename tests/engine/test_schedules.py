@@ -2,6 +2,7 @@
 exact joint training sends the detector's gradient into the RPN's box regression, and both resume exactly.
 
 Tiny: resnet18 FPN at 64 px on 8 generated 64x64 VOC images, a few iterations per step."""
+import json
 import os
 import signal
 import subprocess
@@ -88,6 +89,8 @@ def test_alternating_gives_one_faster_rcnn_that_reloads_identically(alternating_
         for a, b in zip(first(images), second(images)):
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (out / "metrics.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())  # the final RPN's recall, as for every schedule
+    assert all(0.0 <= metrics[f"rpn/AR@{n}"] <= 1.0 for n in (100, 300, 1000))
 
 
 def rpn_box_gradient(schedule: str, backbone: list[str], *extra: str) -> torch.Tensor | None:
