@@ -119,8 +119,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Loads a YAML config (or the defaults when path is None), applies overrides, and validates it."""
     sources: dict[str, str] = {}
     tree = _load_tree(Path(path), sources) if path is not None else {}
+    dumped = _keys_at_default_in_dumps(tree, sources)
     _merge(tree, parse_overrides(overrides or []), sources, COMMAND_LINE)
-    return config_from_dict(tree, sources)
+    config = config_from_dict(tree, sources)
+    config.user_keys = config.user_keys - {k for k in dumped if sources.get(k) != COMMAND_LINE}
+    return config
+
+
+# A file that sets at least this share of the schema's keys is a whole resolved config (a run's config.yaml).
+_DUMP_SHARE = 0.9
+
+
+def _keys_at_default_in_dumps(tree: dict, sources: dict[str, str]) -> set[str]:
+    """Keys at their default value that come from a whole resolved config rather than from a user's choice.
+
+    Runs saved before save_config left out the keys an arch ignores wrote every key; loading such a config.yaml
+    for eval or infer must not read those defaults as keys the user set (check_keys_apply). A key set to another
+    value than its default still counts as set.
+    """
+    defaults = dict(_flat(config_to_dict(Config())))
+    per_file: dict[str, int] = {}
+    for key in defaults:
+        if key in sources:
+            per_file[sources[key]] = per_file.get(sources[key], 0) + 1
+    dumps = {f for f, n in per_file.items() if n >= _DUMP_SHARE * len(defaults)}
+    if not dumps:
+        return set()
+    values = dict(_flat(tree))
+    return {k for k, v in values.items() if sources.get(k) in dumps and k in defaults and v == defaults[k]}
+
+
+def _flat(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every value in a nested dict."""
+    items: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items.extend(_flat(value, f"{prefix}{key}."))
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
 
 
 def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Config:

@@ -138,3 +138,17 @@ def test_svd_rank_without_fc_layers_is_a_one_line_error():
         build_model(load_config(CONFIGS / "rcnn_r18.yaml", ["model.roi_heads.svd_rank=8"]), 2)
     with pytest.raises(DetkitError, match=r"svd_rank \(in the command line\) does not apply to the res5 box head"):
         build_model(load_config(CONFIGS / "faster_rcnn_r50_c4.yaml", ["model.roi_heads.svd_rank=8"]), 2)
+
+
+def test_a_whole_config_saved_by_an_older_run_still_loads(tmp_path):
+    """Runs saved before save_config left ignored keys out wrote every key (at its default); eval/infer on such a
+    config.yaml must not read those defaults as the user's keys, while a changed ignored key is still an error."""
+    tree = config_to_dict(load_config(CONFIGS / "fast_rcnn_r18_fpn.yaml"))  # every key, model.rpn.* included
+    old = write(tmp_path / "config.yaml", tree)
+    build_model(load_config(old), 2)
+    tree["model"]["rpn"]["nms_thresh"] = 0.6
+    changed = write(tmp_path / "changed.yaml", tree)
+    with pytest.raises(DetkitError, match=r"fast_rcnn: model.rpn.nms_thresh"):
+        build_model(load_config(changed), 2)
+    with pytest.raises(DetkitError, match=r"model.rpn.min_size \(in the command line\)"):
+        build_model(load_config(old, ["model.rpn.min_size=0.001"]), 2)
