@@ -148,9 +148,13 @@ def test_two_processes_train_the_weights_of_one(one_process, tmp_path):
     _train(out, nproc=2)
     assert _max_diff(_weights(out / "model_final.pth"), _weights(one_process / "model_final.pth")) <= 1e-5
     assert (out / "metrics.json").is_file() and not list(out.glob("*.tmp"))
-    # The RPN's recall, from proposals gathered over both ranks, equals the one-process figure.
+    # The RPN's recall, from proposals gathered over both ranks, matches the one-process figure. Not to the bit:
+    # the two models' weights differ by up to 1e-5, which can move one proposal across an IoU threshold (measured:
+    # 0.017316 vs 0.017532: one of 4620 (box, IoU threshold) pairs). Rank 1's proposals left out of the gather
+    # would leave the ground truth of half the images unmatched (the ground truth comes from the whole split),
+    # about halving the recall.
     two, one = (json.loads((d / "metrics.json").read_text()) for d in (out, one_process))
-    assert {k: two[k] for k in RPN_AR} == pytest.approx({k: one[k] for k in RPN_AR}, abs=1e-6)
+    assert {k: two[k] for k in RPN_AR} == pytest.approx({k: one[k] for k in RPN_AR}, abs=5e-4)
 
 
 def test_two_processes_killed_then_one_resumes_to_the_same_weights(one_process, tmp_path):
