@@ -4,6 +4,7 @@ The only module besides detkit.modeling.build that reads config keys (the edge w
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -286,9 +287,21 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def rpn_config(cfg: Config) -> Config:
+    """The Faster R-CNN config whose RPN proposes for cfg's detector (``proposals.method: rpn``): the same backbone
+    and RPN keys; R-CNN's own keys (``model.rcnn.*``) go back to their defaults and no longer count as set by the
+    user, so the key check of the Faster R-CNN build does not refuse them."""
+    from detkit.config_schema import RCNNConfig
+
+    rpn_cfg = copy.deepcopy(cfg)
+    rpn_cfg.model.arch = "faster_rcnn"  # the RPN of the config's backbone, whatever detector trains next
+    rpn_cfg.model.rcnn = RCNNConfig()
+    rpn_cfg.user_keys = frozenset(k for k in getattr(cfg, "user_keys", ()) if not k.startswith("model.rcnn."))
+    return rpn_cfg
+
+
 def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | None:
     """Fills the store data.<split>.proposals from cfg.proposals.* where images are missing; its path, or None."""
-    import copy
 
     from detkit.data.proposals import ProposalStore, propose_dataset, proposal_settings
 
@@ -303,9 +316,7 @@ def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | N
     if p.method == "rpn":
         proposal_settings(method="rpn", rpn_weights=p.rpn_weights)  # a missing weights file fails here, first
         if not all(store.has(i) for i in dataset.image_ids):  # the model is built only when there is work
-            rpn_cfg = copy.deepcopy(cfg)
-            rpn_cfg.model.arch = "faster_rcnn"  # the RPN of the config's backbone, whatever detector trains next
-            rpn_model = build_model(rpn_cfg, num_classes=len(cfg.model.class_names or dataset.classes))
+            rpn_model = build_model(rpn_config(cfg), num_classes=len(cfg.model.class_names or dataset.classes))
             load_model_weights(p.rpn_weights, rpn_model)
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     propose_dataset(dataset, store, method=p.method, mode=p.mode, max_side=p.max_side, min_size=p.min_size, top_k=p.top_k,

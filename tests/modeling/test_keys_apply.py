@@ -152,3 +152,15 @@ def test_a_whole_config_saved_by_an_older_run_still_loads(tmp_path):
         build_model(load_config(changed), 2)
     with pytest.raises(DetkitError, match=r"model.rpn.min_size \(in the command line\)"):
         build_model(load_config(old, ["model.rpn.min_size=0.001"]), 2)
+
+
+@pytest.mark.parametrize("recipe, extra", [("rcnn_r18.yaml", ["model.rpn.anchor_sizes=[[32,64,128]]"]),
+                                           ("fast_rcnn_r18_fpn.yaml", [])])
+def test_the_rpn_that_proposes_for_a_detector_builds_from_its_config(recipe, extra):
+    """proposals.method=rpn builds a Faster R-CNN from the detector's config for its RPN: R-CNN's own keys
+    (model.rcnn.*, set in its recipe) must not make that build a key error."""
+    from detkit.engine.workflow import rpn_config
+
+    cfg = load_config(CONFIGS / recipe, ["proposals.method=rpn", "proposals.rpn_weights=rpn.pth", *extra])
+    model = build_model(rpn_config(cfg), 5)
+    assert model.rpn is not None and cfg.model.arch != "faster_rcnn"  # the detector's own config is untouched
