@@ -114,7 +114,7 @@ class Trainer:
 
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Run iterations up to max_iter (continuing from last.pth when `resume`); return throughput and final loss."""
-        is_main = _is_main_process()
+        is_main = distributed.is_main_process()
         if not is_main:
             return self._train(resume, is_main)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -381,11 +381,6 @@ def _isolated_rng(device: torch.device) -> Iterator[None]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-
-
-def _is_main_process() -> bool:
-    """Whether this process writes files (rank 0, or no process group)."""
-    return distributed.is_main_process()
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
