@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from detkit.data.image_io import read_image, to_tensor
+from detkit.modeling.preprocess import to_input_pixels
 from detkit.errors import DetkitError
 from detkit.evaluation.recall import proposal_recall
 from detkit.modeling.proposals.selective_search import selective_search
@@ -173,8 +174,8 @@ def rpn_propose_image(model: nn.Module, image: np.ndarray, *, min_size: float = 
     batch, _, _ = model.preprocessor([to_tensor(image).to(device)])
     features = model.backbone(batch.tensors)
     proposals, _ = model.rpn(tuple(batch.tensors.shape[-2:]), batch.image_sizes, list(features.values()))
-    (h, w), (height, width) = batch.image_sizes[0], image.shape[:2]
-    boxes = proposals[0].float().cpu().numpy() * np.array([width / w, height / h] * 2, dtype=np.float32)
+    height, width = image.shape[:2]
+    boxes = to_input_pixels(proposals[0].float(), batch.image_sizes[0], (height, width)).cpu().numpy()
     return finish_boxes(boxes, height, width, min_size, top_k)
 
 

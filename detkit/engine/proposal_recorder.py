@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from detkit.modeling.preprocess import to_input_pixels
 
 
 def find_rpn_detector(model: nn.Module) -> nn.Module | None:
@@ -60,6 +61,5 @@ class ProposalRecorder:
 
     def _proposals(self, module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> None:
         image_sizes = args[1] if len(args) > 1 else kwargs["image_sizes"]
-        for boxes, (h, w), (oh, ow) in zip(output[0], image_sizes, self._original_sizes):
-            ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=boxes.device)
-            self._recorded.append((boxes.detach().float() * ratio).cpu())
+        for boxes, size, original in zip(output[0], image_sizes, self._original_sizes):
+            self._recorded.append(to_input_pixels(boxes.detach().float(), size, original).cpu())

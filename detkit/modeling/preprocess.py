@@ -99,7 +99,12 @@ class ImagePreprocessor(nn.Module):
     def postprocess(detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]],
                     original_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """Detections with boxes scaled from resized-image pixels back to input pixels."""
-        for det, (h, w), (oh, ow) in zip(detections, image_sizes, original_sizes):
-            ratio = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=det["boxes"].device)
-            det["boxes"] = det["boxes"] * ratio
+        for det, size, original in zip(detections, image_sizes, original_sizes):
+            det["boxes"] = to_input_pixels(det["boxes"], size, original)
         return detections
+
+
+def to_input_pixels(boxes: Tensor, image_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
+    """Boxes (K, 4) x1, y1, x2, y2 in the pixels of the resized image (h, w) scaled back to the input image's (h, w)."""
+    (h, w), (oh, ow) = image_size, original_size
+    return boxes * torch.tensor([ow / w, oh / h, ow / w, oh / h], device=boxes.device)
