@@ -158,6 +158,11 @@ class AlternatingConfig:
 
     iter_fractions: list[float] = field(default_factory=lambda: [1 / 3, 1 / 6, 1 / 3, 1 / 6])  # of solver.max_iter
     lr_factors: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])  # times solver.base_lr
+    # Step 2's backbone. fresh: initialised afresh, from model.backbone.weights (the paper: both networks start from
+    # the ImageNet model); step1: a copy of the step-1 RPN's trained backbone; auto: fresh when
+    # model.backbone.weights is set, else step1 (from scratch there is no pretrained network to start both from, and
+    # a fresh step-2 backbone would get only step 2's iterations before steps 3-4 freeze it: demo mAP 0.09 vs 0.71).
+    step2_backbone: Literal["auto", "fresh", "step1"] = "auto"
 
 
 @dataclass

@@ -11,7 +11,9 @@
     1_rpn          an RPN-only network: a Faster R-CNN whose RoI heads are frozen and skipped; backbone from
                    model.backbone.weights or from scratch
     1_proposals    the step-1 RPN's proposals for every training image, in a proposal store (proposals.method rpn)
-    2_fast_rcnn    Fast R-CNN with its own, freshly initialised backbone, on those stored proposals
+    2_fast_rcnn    Fast R-CNN with a backbone of its own, on those stored proposals: initialised afresh (from
+                   model.backbone.weights, as in the paper) or, from scratch, a copy of step 1's trained backbone
+                   (train.alternating.step2_backbone)
     3_rpn          the step-2 backbone and RoI heads with a new RPN; backbone frozen, only the RPN's layers train
     4_fast_rcnn    backbone and RPN frozen, only the RoI heads train, on the step-3 RPN's proposals
 
@@ -21,6 +23,8 @@ in memory: its RPN is part of the network being trained, frozen, so the network'
 RPN's proposals at no extra cost (in eval mode, as step 2's store was filled), on the augmented image itself.
 Step 3's RPN layers start fresh, as in the reference code (py-faster-rcnn, train_faster_rcnn_alt_opt.py: the
 stage-2 RPN is initialised from the stage-1 Fast R-CNN model, which has no RPN layers).
+Each step runs the solver's schedule scaled to its length: its warmup is the same fraction of the step as
+solver.warmup_iters is of solver.max_iter, as its learning-rate steps are (solver.steps are fractions).
 The result is one network with one backbone: 4_fast_rcnn/model_final.pth, copied to <output_dir>/model_final.pth.
 """
 from __future__ import annotations
@@ -60,14 +64,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def step_warmup(cfg: Config, max_iter: int) -> int:
+    """A step's warmup iterations: solver.warmup_iters scaled by the step's share of solver.max_iter (before, every
+    step warmed up for the whole solver.warmup_iters: 50 of the demo's 58-iteration steps 2 and 4)."""
+    return round(cfg.solver.warmup_iters * max_iter / cfg.solver.max_iter)
+
+
 def fit(cfg: Config, model: nn.Module, train_set: Any, device: torch.device, folder: Path, resume: bool, *,
         max_iter: int, base_lr: float, progress: bool) -> dict[str, Any]:
-    """One ordinary Trainer run of the model's trainable parameters in folder, with the config's solver."""
+    """One ordinary Trainer run of the model's trainable parameters in folder, with the config's solver scaled to
+    max_iter iterations (step_warmup)."""
     from detkit.engine.workflow import make_trainer
 
     trainer = make_trainer(cfg, model, train_set, device, folder, max_iter=max_iter, base_lr=base_lr,
-                           progress=progress)
+                           warmup_iters=step_warmup(cfg, max_iter), progress=progress)
     return trainer.train(resume=resume)
+
+
+def step2_starts_from_step1(cfg: Config) -> bool:
+    """Whether step 2's backbone is a copy of step 1's (train.alternating.step2_backbone; auto: when the backbone
+    has no pretrained weights)."""
+    choice = cfg.train.alternating.step2_backbone
+    return choice == "step1" or (choice == "auto" and not cfg.model.backbone.weights)
+
+
+def load_backbone(model: TwoStageDetector, weights: Path) -> None:
+    """Loads the backbone.* weights (body and FPN) of a detkit checkpoint or model_final.pth into model.backbone."""
+    loaded = torch.load(weights, map_location="cpu", weights_only=True)
+    state = loaded.get("model", loaded)
+    model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
 
 
 def load_parts(model: nn.Module, weights: Path, missing_prefix: str) -> None:
@@ -111,7 +136,9 @@ def alternating_stages(cfg: Config, train_set: Any, device: torch.device, *, pro
         fast.model.arch, fast.train.schedule = "fast_rcnn", "joint"
         fast.proposals.method, fast.proposals.rpn_weights = "rpn", str(out / "1_rpn" / FINAL)
         seed_everything(cfg.seed + 2)
-        model = build_model(fast, num_classes)  # a backbone of its own, initialised afresh
+        model = build_model(fast, num_classes)  # a backbone of its own
+        if step2_starts_from_step1(cfg):
+            load_backbone(model, out / "1_rpn" / FINAL)
         with_proposals = copy.copy(train_set)
         with_proposals.proposals = ProposalStore(store)
         return fit(cfg, model, with_proposals, device, folder, resume, max_iter=iters[1], base_lr=lrs[1],

@@ -239,15 +239,17 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
 
 
 def make_trainer(cfg: Config, model: nn.Module, train_set: Any, device: torch.device, output_dir: str | Path, *,
-                 max_iter: int | None = None, base_lr: float | None = None, progress: bool = True,
-                 eval_fn: Any = None) -> Trainer:
+                 max_iter: int | None = None, base_lr: float | None = None, warmup_iters: int | None = None,
+                 progress: bool = True, eval_fn: Any = None) -> Trainer:
     """The ordinary Trainer of cfg.solver for a model's trainable parameters, writing to output_dir; max_iter and
-    base_lr override the solver's (a stage of a multi-stage schedule); under torchrun each rank loads its slice."""
+    base_lr and warmup_iters override the solver's (a stage of a multi-stage schedule); under torchrun each rank loads
+    its slice."""
     s = cfg.solver
     max_iter = s.max_iter if max_iter is None else max_iter
+    warmup_iters = s.warmup_iters if warmup_iters is None else warmup_iters
     optimizer = build_optimizer(model, base_lr=s.base_lr if base_lr is None else base_lr, momentum=s.momentum,
                                 weight_decay=s.weight_decay)
-    scheduler = build_lr_scheduler(optimizer, max_iter=max_iter, warmup_iters=min(s.warmup_iters, max_iter),
+    scheduler = build_lr_scheduler(optimizer, max_iter=max_iter, warmup_iters=min(warmup_iters, max_iter),
                                    warmup_factor=s.warmup_factor, policy=s.lr_policy, gamma=s.gamma,
                                    steps=sorted({max(1, round(f * max_iter)) for f in s.steps}))
 

@@ -42,13 +42,50 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 @pytest.fixture(scope="module")
 def alternating_run(tmp_path_factory):
-    from detkit.engine.workflow import train
+    """A tiny from-scratch alternating run (steps of 2 / 1 / 5 / 2 iterations, solver.warmup_iters=5); records each
+    step's Trainer arguments and the backbone its model starts from in cfg.started."""
+    from detkit.engine import workflow
 
     root = tmp_path_factory.mktemp("alt")
     data = tiny_voc(root / "voc", count=8)
-    cfg = load_config(DEMO, [f"output_dir={root / 'run'}", *voc_args(data), *ALT])
-    train(cfg, progress=False)
+    cfg = load_config(DEMO, [f"output_dir={root / 'run'}", *voc_args(data), *ALT, "solver.warmup_iters=5"])
+    started, make_trainer = {}, workflow.make_trainer
+
+    def recording(cfg, model, train_set, device, folder, **kwargs):
+        started[Path(folder).name] = {"backbone": part({k: v.clone() for k, v in model.state_dict().items()},
+                                                       "backbone."),
+                                      "warmup_iters": kwargs.get("warmup_iters"), "max_iter": kwargs.get("max_iter")}
+        return make_trainer(cfg, model, train_set, device, folder, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workflow, "make_trainer", recording)
+        workflow.train(cfg, progress=False)
+    cfg.started = started
     return cfg
+
+
+def test_alternating_steps_scale_the_warmup_and_step_2_starts_from_step_1s_backbone(alternating_run):
+    started, out = alternating_run.started, Path(alternating_run.output_dir)
+    assert list(started) == ["1_rpn", "2_fast_rcnn", "3_rpn", "4_fast_rcnn"]
+    # solver.warmup_iters=5 of solver.max_iter=10: each step warms up for half its length (rounded to even), not
+    # for 5 iterations (which was all of steps 1, 2 and 4)
+    assert [started[s]["max_iter"] for s in started] == [2, 1, 5, 2]
+    assert [started[s]["warmup_iters"] for s in started] == [1, 0, 2, 1]
+    # From scratch (no model.backbone.weights), step_2_backbone=auto copies step 1's trained backbone into step 2
+    assert same(started["2_fast_rcnn"]["backbone"], part(state(out / "1_rpn" / "model_final.pth"), "backbone."))
+    assert not same(started["1_rpn"]["backbone"], started["2_fast_rcnn"]["backbone"])
+
+
+def test_step_2_backbone_choice_follows_the_pretrained_weights():
+    from detkit.engine.schedules import step2_starts_from_step1
+
+    def starts_from_step1(*overrides: str) -> bool:
+        return step2_starts_from_step1(load_config(DEMO, list(overrides)))
+
+    assert starts_from_step1()  # auto, from scratch
+    assert not starts_from_step1("model.backbone.weights=/some/imagenet.pth")  # auto: the paper's fresh start
+    assert not starts_from_step1("train.alternating.step2_backbone=fresh")
+    assert starts_from_step1("train.alternating.step2_backbone=step1", "model.backbone.weights=/some/imagenet.pth")
 
 
 def test_alternating_steps_3_and_4_train_only_their_own_layers(alternating_run):
