@@ -119,13 +119,21 @@ def load_checkpoint(
     return checkpoint
 
 
-def load_model_weights(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> dict[str, list[str]]:
-    """Load model weights from a detkit checkpoint, a {"model": state_dict} file or a bare state_dict."""
+def load_model_weights(path: str | os.PathLike, model: nn.Module, *, strict: bool = True,
+                       prefix: str = "") -> dict[str, list[str]]:
+    """Load model weights from a detkit checkpoint, a {"model": state_dict} file or a bare state_dict.
+
+    With prefix (e.g. "backbone."), only the saved keys under it are loaded, with the prefix removed, into model (a
+    part of the saved network, e.g. a detector's backbone). Raises DetkitError for an unreadable file, other shapes,
+    or (strict) keys that do not match.
+    """
     path = Path(path)
     loaded = _read(path)
     state = loaded.get("model") if isinstance(loaded, dict) and isinstance(loaded.get("model"), Mapping) else loaded
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DetkitError(f"{path} holds neither a detkit checkpoint nor a model state_dict of tensors.")
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return _load_model_state(unwrap_model(model), state, path, strict)
 
 

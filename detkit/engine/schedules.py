@@ -53,7 +53,8 @@ FINAL = "model_final.pth"
 
 
 def step_iterations(cfg: Config) -> list[int]:
-    """Iterations of the 4 alternating steps: train.alternating.iter_fractions of solver.max_iter (at least 1)."""
+    """Iterations of the 4 alternating steps: train.alternating.iter_fractions of solver.max_iter, rounded with
+    Python's round (halves to even: 0.15 x 350 = 52.5 gives 52), at least 1."""
     return [max(1, round(f * cfg.solver.max_iter)) for f in cfg.train.alternating.iter_fractions]
 
 
@@ -65,8 +66,9 @@ def seed_everything(seed: int) -> None:
 
 
 def step_warmup(cfg: Config, max_iter: int) -> int:
-    """A step's warmup iterations: solver.warmup_iters scaled by the step's share of solver.max_iter (before, every
-    step warmed up for the whole solver.warmup_iters: 50 of the demo's 58-iteration steps 2 and 4)."""
+    """A step's warmup iterations: solver.warmup_iters scaled by the step's share of solver.max_iter, rounded as
+    step_iterations rounds (Python's round: halves to even). Before, every step warmed up for the whole
+    solver.warmup_iters (50 of the 58 iterations of steps 2 and 4 with the paper's proportions on the demo)."""
     return round(cfg.solver.warmup_iters * max_iter / cfg.solver.max_iter)
 
 
@@ -88,11 +90,6 @@ def step2_starts_from_step1(cfg: Config) -> bool:
     return choice == "step1" or (choice == "auto" and not cfg.model.backbone.weights)
 
 
-def load_backbone(model: TwoStageDetector, weights: Path) -> None:
-    """Loads the backbone.* weights (body and FPN) of a detkit checkpoint or model_final.pth into model.backbone."""
-    loaded = torch.load(weights, map_location="cpu", weights_only=True)
-    state = loaded.get("model", loaded)
-    model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
 
 
 def load_parts(model: nn.Module, weights: Path, missing_prefix: str) -> None:
@@ -138,7 +135,7 @@ def alternating_stages(cfg: Config, train_set: Any, device: torch.device, *, pro
         seed_everything(cfg.seed + 2)
         model = build_model(fast, num_classes)  # a backbone of its own
         if step2_starts_from_step1(cfg):
-            load_backbone(model, out / "1_rpn" / FINAL)
+            load_model_weights(out / "1_rpn" / FINAL, model.backbone, prefix="backbone.")  # body and FPN, strict
         with_proposals = copy.copy(train_set)
         with_proposals.proposals = ProposalStore(store)
         return fit(cfg, model, with_proposals, device, folder, resume, max_iter=iters[1], base_lr=lrs[1],

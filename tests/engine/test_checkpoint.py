@@ -120,6 +120,18 @@ def test_load_model_weights_accepts_bare_state_dict_and_checkpoint(tmp_path):
         load_model_weights(tmp_path / "bare.pth", nn.Sequential(nn.Linear(2, 3)))
 
 
+def test_load_model_weights_with_a_prefix_loads_one_part_of_the_saved_network(tmp_path):
+    source = nn.ModuleDict({"backbone": nn.Linear(2, 3), "head": nn.Linear(3, 1)})
+    save_checkpoint(tmp_path / "net.pth", model=source)
+    part = nn.Linear(2, 3)
+    load_model_weights(tmp_path / "net.pth", part, prefix="backbone.")
+    assert torch.equal(part.weight, source["backbone"].weight) and torch.equal(part.bias, source["backbone"].bias)
+    with pytest.raises(DetkitError, match=r"net.pth: model weights have other shapes.*weight \(3, 2\) vs \(4, 2\)"):
+        load_model_weights(tmp_path / "net.pth", nn.Linear(2, 4), prefix="backbone.")
+    with pytest.raises(DetkitError, match="net.pth: model keys do not match; missing 2"):
+        load_model_weights(tmp_path / "net.pth", nn.Linear(2, 3), prefix="body.")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_round_trip_restores_cuda_rng_stream(tmp_path):
