@@ -90,8 +90,6 @@ def step2_starts_from_step1(cfg: Config) -> bool:
     return choice == "step1" or (choice == "auto" and not cfg.model.backbone.weights)
 
 
-
-
 def load_parts(model: nn.Module, weights: Path, missing_prefix: str) -> None:
     """Loads weights whose only absent keys are the model's ``missing_prefix`` part (e.g. a Fast R-CNN into a
     Faster R-CNN, whose RPN stays as initialised)."""
