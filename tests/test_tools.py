@@ -48,8 +48,9 @@ def test_train_writes_metrics_weights_config_and_picture(trained_run):
 
 def test_eval_and_infer_use_the_trained_model(trained_run, demo_cache, tmp_path):
     proc = run_tool("eval.py", str(trained_run / "config.yaml"), "--weights", str(trained_run / "model_final.pth"),
-                    f"output_dir={tmp_path / 'eval'}", cwd=tmp_path)
+                    f"output_dir={tmp_path / 'eval'}", "--no-progress", cwd=tmp_path)
     assert "AP50" in proc.stdout and (tmp_path / "eval" / "eval" / "metrics.json").is_file()  # <output_dir>/eval
+    assert "infer:" not in proc.stderr  # --no-progress: no bar
     images = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[:2]
     out = tmp_path / "infer"
     run_tool("infer.py", *map(str, images), "--config", str(trained_run / "config.yaml"), "--out", str(out),
@@ -68,8 +69,10 @@ def test_recipe_plus_weights_is_enough_the_class_list_travels_with_the_weights(t
     assert saved["meta"] == {"class_names": DEMO_CLASSES, "category_ids": [1, 2, 3, 4]}
     image = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[0]
     out = tmp_path / "infer"
-    run_tool("infer.py", str(image), "--config", str(REPO / "configs" / "demo.yaml"), "--weights",
-             str(trained_run / "model_final.pth"), "--out", str(out), "--score-thresh", "0.0", cwd=tmp_path)
+    proc = run_tool("infer.py", str(image), "--config", str(REPO / "configs" / "demo.yaml"), "--weights",
+                    str(trained_run / "model_final.pth"), "--out", str(out), "--score-thresh", "0.0", "--no-progress",
+                    cwd=tmp_path)
+    assert "infer:" not in proc.stderr  # --no-progress: no bar
     results = json.loads((out / "detections.json").read_text())
     assert all(r["category"] == DEMO_CLASSES[r["category_id"] - 1] for r in results)
     cfg = load_config(REPO / "configs" / "demo.yaml")  # a recipe without class names, and last.pth's config

@@ -1,6 +1,6 @@
 """Evaluate trained weights on a config's test split: COCO metrics (and VOC AP for VOC data).
 
-    python tools/eval.py CONFIG --weights W [KEY=VALUE ...] [--out DIR]
+    python tools/eval.py CONFIG --weights W [KEY=VALUE ...] [--out DIR] [--no-progress]
 
 Prints the metrics table and writes metrics.json and config.yaml to --out (default <output_dir>/eval), beside a
 training run's own files, never over them.
@@ -24,7 +24,8 @@ def main(args: argparse.Namespace) -> int:
     model = load_trained(cfg, args.weights).to(device)  # the class list the weights were trained with
     model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
     test_set = build_split(cfg, "test", class_list(cfg))
-    metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc")
+    metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc",
+                          progress=not args.no_progress)
     print(format_coco_table(metrics))
     if "voc/mAP" in metrics:
         print(f"VOC mAP@0.5 (area): {metrics['voc/mAP']:.4f}")
@@ -40,5 +41,6 @@ if __name__ == "__main__":
                            overrides_help="dotted config overrides, e.g. data.root=/data/BCCD")
     parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
     parser.add_argument("--out", help="folder for metrics.json and config.yaml (default <output_dir>/eval)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common_args(parser)
     run(main, parser)

@@ -1,6 +1,6 @@
 """Detect objects in images: writes COCO-format results, drawn pictures and the config used.
 
-    python tools/infer.py IMAGE_OR_FOLDER ... [--config C] [--weights W] [--out DIR] [--score-thresh S]
+    python tools/infer.py IMAGE_OR_FOLDER ... [--config C] [--weights W] [--out DIR] [--score-thresh S] [--no-progress]
 
 With no --config/--weights it uses the model the README's main command trained (outputs/demo). Each input gets its
 own drawn picture under --out, at its path relative to the inputs' common folder; an input file is never written
@@ -48,8 +48,8 @@ def main(args: argparse.Namespace) -> int:
     names, category_ids = list(classes.names), classes.label_to_category_id
     results, skipped, done, propose_s = [], [], 0, 0.0
     try:
-        for image_id, (path, drawn_path) in enumerate(
-                tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True), start=1):
+        bar = tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True, disable=args.no_progress)
+        for image_id, (path, drawn_path) in enumerate(bar, start=1):
             try:
                 pixels = read_image(path)
             except DetkitError as error:
@@ -97,5 +97,6 @@ if __name__ == "__main__":
     parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score to keep (default 0.5)")
     parser.add_argument("--stop-on-error", action="store_true",
                         help="stop at the first unreadable image instead of skipping it")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common_args(parser)
     run(main, parser)

@@ -176,9 +176,9 @@ def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwri
                       out / "model_final.pth")
     prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     voc = cfg.data.test.format == "voc"
-    metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc)
+    metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc, progress=progress)
     model.roi_heads.box_predictor.use_regression.fill_(False)
-    plain, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc)
+    plain, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc, progress=progress)
     model.roi_heads.box_predictor.use_regression.fill_(True)
     metrics.update({f"no_bbox_reg/{k}": v for k, v in plain.items()})
     for name, figures in stage_metrics.items():

@@ -149,14 +149,16 @@ def propose(cfg: Config, image: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "infer") -> tuple[list[dict], float]:
+def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "infer",
+            progress: bool = True) -> tuple[list[dict], float]:
     """Detections for every batch of a test loader (on the CPU) and the images per second; for a model with an
-    RPN each image's dict also holds RPN_PROPOSALS, its proposals (P, 4) in input pixels, from the same forward."""
+    RPN each image's dict also holds RPN_PROPOSALS, its proposals (P, 4) in input pixels, from the same forward.
+    progress=False hides the progress bar (tools' --no-progress)."""
     model.eval()
     outputs: list[dict] = []
     count, start = 0, time.perf_counter()
     with ProposalRecorder(model) as recorder:
-        for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
             for out in model([im.to(device) for im in images], **proposal_kwargs(model, targets, device)):
                 outputs.append({k: v.cpu() for k, v in out.items()})
             for out, proposals in zip(outputs[len(outputs) - len(images):], recorder.take()):
@@ -168,11 +170,12 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
 
 
 def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
-             voc: bool = False) -> tuple[dict[str, float], list[dict]]:
+             voc: bool = False, progress: bool = True) -> tuple[dict[str, float], list[dict]]:
     """COCO metrics (and VOC AP with voc=True) of a model on a dataset, and its COCO-format results."""
     # On the CPU, loader workers would compete with the model for the same cores: decode in-process.
     workers = num_workers if device.type == "cuda" else 0
-    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=workers), device)
+    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=workers), device,
+                                 progress=progress)
     return score(outputs, dataset, voc, img_per_s)
 
 
@@ -227,15 +230,16 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
         from detkit.engine.schedules import train_alternating
 
         model, summary = train_alternating(cfg, train_set, device, resume=resume, progress=progress)
-        return report_trained(cfg, model, summary, test_set, device)
+        return report_trained(cfg, model, summary, test_set, device, progress)
     model = build_detector(cfg, num_classes=len(cfg.model.class_names))
     def eval_fn(m: nn.Module) -> dict:
-        return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers)[0]
+        return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers,
+                                progress=progress)[0]
 
     trainer = make_trainer(cfg, model, train_set, device, cfg.output_dir, progress=progress,
                            eval_fn=eval_fn if cfg.train.eval_period else None)
     summary = trainer.train(resume=resume)
-    return report_trained(cfg, model, summary, test_set, device)
+    return report_trained(cfg, model, summary, test_set, device, progress)
 
 
 def make_trainer(cfg: Config, model: nn.Module, train_set: Any, device: torch.device, output_dir: str | Path, *,
@@ -265,12 +269,12 @@ def make_trainer(cfg: Config, model: nn.Module, train_set: Any, device: torch.de
 
 
 def report_trained(cfg: Config, model: nn.Module, summary: dict[str, Any], test_set: Any,
-                   device: torch.device) -> dict[str, float]:
+                   device: torch.device, progress: bool = True) -> dict[str, float]:
     """Evaluates a trained model on data.test; writes metrics.json, detections_test.json and detections.png."""
     prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     model = with_test_amp(model, cfg.test.amp, device)
     metrics, results = evaluate_sharded(model, test_set, device, cfg.data.num_workers,
-                                        voc=cfg.data.test.format == "voc")
+                                        voc=cfg.data.test.format == "voc", progress=progress)
     if not distributed.is_main_process():
         return metrics
     metrics["train/img_per_s"] = summary.get("train/img_per_s", float("nan"))
@@ -360,14 +364,15 @@ def join_process_group(cfg: Config, resume: bool, overwrite: bool) -> tuple[torc
 
 
 def evaluate_sharded(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
-                     voc: bool = False) -> tuple[dict[str, float], list[dict]]:
+                     voc: bool = False, progress: bool = True) -> tuple[dict[str, float], list[dict]]:
     """evaluate() with the images split over the ranks and the detections gathered on rank 0, which alone returns
     the metrics and results (the other ranks return empty ones); one process calls evaluate() itself."""
     if distributed.get_world_size() == 1:
-        return evaluate(model, dataset, device, num_workers, voc=voc)
+        return evaluate(model, dataset, device, num_workers, voc=voc, progress=progress)
     shard = torch.utils.data.Subset(dataset, distributed.shard_indices(len(dataset)))
     workers = num_workers if device.type == "cuda" else 0
-    outputs, img_per_s = predict(model, build_test_loader(shard, batch_size=1, num_workers=workers), device)
+    outputs, img_per_s = predict(model, build_test_loader(shard, batch_size=1, num_workers=workers), device,
+                                 progress=progress)
     total_img_per_s = float(distributed.mean_over_ranks(torch.tensor(img_per_s, device=device))) * distributed.get_world_size()
     gathered = distributed.gather_sharded(outputs, len(dataset))
     if gathered is None:

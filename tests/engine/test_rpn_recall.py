@@ -73,8 +73,18 @@ def test_detector_without_rpn_reports_no_rpn_recall(tmp_path):
     assert not any(k.startswith("rpn/") for k in metrics)
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_evaluate_shows_its_progress_bar_only_when_asked(progress, tmp_path, capsys):
+    from detkit.engine.workflow import evaluate
+
+    model, dataset = tiny_model_and_data(tmp_path)
+    capsys.readouterr()
+    evaluate(model, dataset, torch.device("cpu"), num_workers=0, progress=progress)
+    assert ("infer: 100%" in capsys.readouterr().err) is progress
+
+
 @pytest.mark.parametrize("schedule", ["joint", "exact_joint"])
-def test_training_writes_rpn_recall_into_metrics_json(schedule, tmp_path):
+def test_training_writes_rpn_recall_into_metrics_json(schedule, tmp_path, capsys):
     from detkit.engine.workflow import train
 
     data = tiny_voc(tmp_path / "voc", count=4)
@@ -82,6 +92,7 @@ def test_training_writes_rpn_recall_into_metrics_json(schedule, tmp_path):
                              "data.test.format=voc", f"data.root={data}", "data.train.split=trainval",
                              "data.test.split=test", "solver.max_iter=2", f"train.schedule={schedule}"])
     train(cfg, progress=False)
+    assert "it/s]" not in capsys.readouterr().err  # --no-progress: no bar, the test pass's included
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert all(isinstance(metrics[k], float) and not math.isnan(metrics[k]) for k in KEYS)
     assert np.all(np.diff([metrics[k] for k in KEYS]) >= 0)  # more proposals never lower the recall
