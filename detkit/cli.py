@@ -21,8 +21,11 @@ def config_parser(prog: str, doc: str, *, config_help: str, overrides_help: str)
     return parser
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Flags every tool takes."""
+def add_common_args(parser: argparse.ArgumentParser, *, progress: bool = False) -> None:
+    """Flags every tool takes, and --no-progress for a tool that shows progress bars (progress=True)."""
+    if progress:
+        parser.add_argument("--no-progress", action="store_true",
+                            help="no progress bars (training prints log lines instead)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 

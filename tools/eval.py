@@ -41,6 +41,5 @@ if __name__ == "__main__":
                            overrides_help="dotted config overrides, e.g. data.root=/data/BCCD")
     parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
     parser.add_argument("--out", help="folder for metrics.json and config.yaml (default <output_dir>/eval)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_common_args(parser)
+    add_common_args(parser, progress=True)
     run(main, parser)

@@ -97,6 +97,5 @@ if __name__ == "__main__":
     parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score to keep (default 0.5)")
     parser.add_argument("--stop-on-error", action="store_true",
                         help="stop at the first unreadable image instead of skipping it")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_common_args(parser)
+    add_common_args(parser, progress=True)
     run(main, parser)

@@ -68,6 +68,5 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, help="processes for selective search (proposals.workers)")
     parser.add_argument("--mode", choices=["fast", "quality"], help="selective search setting (proposals.mode)")
     parser.add_argument("--from-rpn", metavar="WEIGHTS", help="proposals from a trained Faster R-CNN's RPN")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_common_args(parser)
+    add_common_args(parser, progress=True)
     run(main, parser)

@@ -32,6 +32,5 @@ if __name__ == "__main__":
     parser.add_argument("--check-data", action="store_true",
                         help="decode every image and check every annotation of both splits, list all problems, "
                              "and exit (status 1 when there are problems)")
-    parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
-    add_common_args(parser)
+    add_common_args(parser, progress=True)
     run(main, parser)
