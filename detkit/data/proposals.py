@@ -29,7 +29,6 @@ from torch import nn
 from tqdm import tqdm
 
 from detkit.data.image_io import read_image, to_tensor
-from detkit.modeling.preprocess import to_input_pixels
 from detkit.errors import DetkitError
 from detkit.evaluation.recall import proposal_recall
 from detkit.modeling.proposals.selective_search import selective_search
@@ -171,11 +170,8 @@ def rpn_propose_image(model: nn.Module, image: np.ndarray, *, min_size: float = 
                       device: str | torch.device = "cpu") -> np.ndarray:
     """A trained Faster R-CNN's RPN proposals (P, 4) float32 in the pixels of ``image`` (HWC uint8 RGB)."""
     model.eval()
-    batch, _, _ = model.preprocessor([to_tensor(image).to(device)])
-    features = model.backbone(batch.tensors)
-    proposals, _ = model.rpn(tuple(batch.tensors.shape[-2:]), batch.image_sizes, list(features.values()))
+    boxes = model.propose([to_tensor(image).to(device)])[0].cpu().numpy()
     height, width = image.shape[:2]
-    boxes = to_input_pixels(proposals[0].float(), batch.image_sizes[0], (height, width)).cpu().numpy()
     return finish_boxes(boxes, height, width, min_size, top_k)
 
 

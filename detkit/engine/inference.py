@@ -48,6 +48,13 @@ class AutocastDetector(nn.Module):
         return _to_float32(out)
 
 
+    def detect_with_proposals(self, images: list[torch.Tensor], **kwargs: Any) -> Any:
+        """The wrapped detector's detect_with_proposals under autocast, float outputs as float32."""
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.module.detect_with_proposals(images, **kwargs)
+        return _to_float32(out)
+
+
 def with_test_amp(model: nn.Module, amp: str, device: torch.device) -> nn.Module:
     """The model itself when test.amp resolves to off on `device`, else the model wrapped in AutocastDetector."""
     if isinstance(model, AutocastDetector) or resolve_test_amp(amp, device) == "off":

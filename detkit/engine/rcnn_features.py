@@ -84,15 +84,8 @@ def cache_features(model: nn.Module, dataset: Any, cache: FeatureCache, device: 
             continue
         image, target = dataset[index]
         boxes = torch.cat([target["boxes"], target["proposals"][:max_proposals]]).float()
-        fc7, pool5 = region_features(model, image.to(device), boxes.to(device))
+        fc7, pool5 = model.region_features([image.to(device)], [boxes.to(device)])
         cache.save(image_id, fc7.cpu().numpy(), pool5.cpu().numpy(), boxes.numpy(), target["labels"].numpy(),
                    target["ignore"].numpy())
         computed += 1
     return {"features/computed_images": computed, "features/reused_images": reused}
-
-
-def region_features(model: nn.Module, image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """fc7 (R, D) and pool5 (R, D5) of an R-CNN for boxes (R, 4) in the pixels of one (3, H, W) image."""
-    batch, _, scaled = model.preprocessor([image], None, [boxes])
-    features = model.backbone(batch.tensors)
-    return model.roi_heads.region_features([features[n] for n in model.box_feature_names], scaled)

@@ -103,30 +103,18 @@ def finetune_stage(cfg: Config, train_set: Any, test_set: Any, device: torch.dev
 def window_accuracy(model: nn.Module, dataset: Any, device: torch.device, max_images: int = 50) -> dict[str, float]:
     """Accuracy of the fine-tuned softmax on sampled windows (IoU >= 0.5 foreground) of the first test images."""
     model.eval()
-    heads = model.roi_heads
     correct = total = fg_correct = fg_total = 0
     with torch.random.fork_rng():  # the same windows every time, the caller's random stream untouched
         torch.manual_seed(0)
         for i in range(min(max_images, len(dataset))):
-            c, t, fc, ft = _image_window_accuracy(model, heads, dataset[i], device)
-            correct, total, fg_correct, fg_total = correct + c, total + t, fg_correct + fc, fg_total + ft
+            image, target = dataset[i]
+            target = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in target.items()}
+            logits, labels = model.sampled_region_logits([image.to(device)], [target])
+            predicted, fg = logits.argmax(dim=1), labels > 0
+            correct, total = correct + int((predicted == labels).sum()), total + labels.numel()
+            fg_correct, fg_total = fg_correct + int((predicted[fg] == labels[fg]).sum()), fg_total + int(fg.sum())
     return {"finetune/window_accuracy": correct / max(total, 1),
             "finetune/fg_window_accuracy": fg_correct / max(fg_total, 1)}
-
-
-def _image_window_accuracy(model: nn.Module, heads: nn.Module, sample: Any, device: torch.device
-                           ) -> tuple[int, int, int, int]:
-    """Correct and total sampled windows of one image, all and foreground only."""
-    image, target = sample
-    target = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in target.items()}
-    batch, (t,), _ = model.preprocessor([image.to(device)], [target], None)
-    boxes, labels, _ = heads.sample_proposals([t["proposals"]], [t])
-    features = model.backbone(batch.tensors)
-    fc7, _ = heads.box_head(heads.pooler([features[n] for n in model.box_feature_names], boxes))
-    predicted = heads.box_predictor(fc7).argmax(dim=1)
-    fg = labels > 0
-    return (int((predicted == labels).sum()), labels.numel(), int((predicted[fg] == labels[fg]).sum()),
-            int(fg.sum()))
 
 
 def assemble_model(cfg: Config, device: torch.device) -> nn.Module:

@@ -26,7 +26,6 @@ from detkit.data.transforms import build_transforms
 from detkit.engine import distributed, run_dir
 from detkit.engine.checkpoint import load_model_weights, read_class_meta
 from detkit.engine.inference import with_test_amp
-from detkit.engine.proposal_recorder import ProposalRecorder
 from detkit.engine.solver import build_lr_scheduler, build_optimizer
 from detkit.engine.trainer import Trainer
 from detkit.errors import DetkitError
@@ -157,13 +156,18 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
     model.eval()
     outputs: list[dict] = []
     count, start = 0, time.perf_counter()
-    with ProposalRecorder(model) as recorder:
-        for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
-            for out in model([im.to(device) for im in images], **proposal_kwargs(model, targets, device)):
-                outputs.append({k: v.cpu() for k, v in out.items()})
-            for out, proposals in zip(outputs[len(outputs) - len(images):], recorder.take()):
-                out[RPN_PROPOSALS] = proposals
-            count += len(images)
+    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
+        inputs, kwargs = [im.to(device) for im in images], proposal_kwargs(model, targets, device)
+        if hasattr(model, "detect_with_proposals"):  # a detkit detector: RPN proposals of the same pass too
+            detections, rpn_proposals = model.detect_with_proposals(inputs, **kwargs)
+        else:  # any module with torchvision's calling contract
+            detections, rpn_proposals = model(inputs, **kwargs), None
+        for i, out in enumerate(detections):
+            out = {k: v.cpu() for k, v in out.items()}
+            if rpn_proposals is not None:
+                out[RPN_PROPOSALS] = rpn_proposals[i].cpu()
+            outputs.append(out)
+        count += len(images)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return outputs, count / max(time.perf_counter() - start, 1e-9)

@@ -94,20 +94,17 @@ def test_box_regression_lowers_error_on_held_out_proposals():
 
 
 class _CountingModel:
-    """Stands in for the fine-tuned R-CNN in region_features: fixed features, counts images, can fail on demand."""
+    """Stands in for the fine-tuned R-CNN's region_features (TwoStageDetector's): fixed features of the given
+    boxes, counts images, can fail on demand."""
 
     def __init__(self, fail_at=None):
         self.calls, self.fail_at = 0, fail_at
-        from detkit.modeling.preprocess import ImagePreprocessor
-        self.preprocessor = ImagePreprocessor(32, 32, pixel_mean=[0, 0, 0], pixel_std=[1, 1, 1])
-        self.backbone = lambda x: {"image": x}
-        self.box_feature_names = ["image"]
-        self.roi_heads = self
 
     def eval(self):
         return self
 
-    def region_features(self, features, proposals):
+    def region_features(self, images, proposals):
+        assert len(images) == len(proposals) == 1
         self.calls += 1
         if self.fail_at is not None and self.calls == self.fail_at:
             raise KeyboardInterrupt  # a kill part-way through the stage

@@ -48,7 +48,6 @@ def direct_recall(model, dataset):
 
 def test_evaluate_reports_the_recall_of_the_models_own_proposals(tmp_path):
     from detkit.engine.inference import AutocastDetector
-    from detkit.engine.proposal_recorder import find_rpn_detector
     from detkit.engine.workflow import evaluate
 
     model, dataset = tiny_model_and_data(tmp_path)
@@ -57,7 +56,32 @@ def test_evaluate_reports_the_recall_of_the_models_own_proposals(tmp_path):
     assert {k: metrics[k] for k in KEYS} == pytest.approx(expected, abs=1e-9)
     assert 0 < metrics["rpn/AR@100"] <= metrics["rpn/AR@300"] <= 1
     assert all("rpn_proposals" not in r for r in results) and "bbox/AP" in metrics
-    assert find_rpn_detector(AutocastDetector(model, "cpu")) is model  # the hooks find it inside test.amp's wrapper
+    wrapped, _ = evaluate(AutocastDetector(model, "cpu"), dataset, torch.device("cpu"), num_workers=0)
+    assert all(k in wrapped for k in KEYS)  # through test.amp's wrapper too
+
+
+def test_propose_and_detect_with_proposals_give_the_rpns_own_boxes(tmp_path):
+    """TwoStageDetector.propose and detect_with_proposals: the RPN's proposals in input pixels, the same from either,
+    and the detections of forward; a detector with an RPN refuses given proposals."""
+    from detkit.errors import DetkitError
+
+    model, dataset = tiny_model_and_data(tmp_path)
+    image, _ = dataset[0]
+    with torch.no_grad():
+        proposed = model.propose([image])[0]
+        detections, (recorded,) = model.detect_with_proposals([image])
+        plain = model([image])
+    assert torch.equal(proposed, recorded) and proposed.dtype == torch.float32
+    assert torch.equal(detections[0]["boxes"], plain[0]["boxes"])
+    assert (proposed[:, 2] <= image.shape[-1] + 1e-4).all() and (proposed[:, 3] <= image.shape[-2] + 1e-4).all()
+    model.channels_last = True  # the same boxes through the channels_last backbone
+    with torch.no_grad():
+        assert torch.allclose(model.propose([image])[0], proposed, atol=1e-3)
+    model.channels_last = False
+    with pytest.raises(DetkitError, match="do not pass proposals"):
+        model.detect_with_proposals([image], proposals=[proposed])
+    with pytest.raises(DetkitError, match="eval mode"):
+        model.train().detect_with_proposals([image])
 
 
 def test_detector_without_rpn_reports_no_rpn_recall(tmp_path):

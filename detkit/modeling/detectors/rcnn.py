@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from detkit.modeling.detectors.faster_rcnn import IMAGENET_MEAN, IMAGENET_STD
 from detkit.modeling.detectors.two_stage import TwoStageDetector
 from detkit.modeling.preprocess import ImagePreprocessor
-from detkit.modeling.roi_heads.rcnn_heads import RCNNHeads
+from detkit.modeling.roi_heads.roi_heads import RoIHeads
 from detkit.modeling.roi_heads.svm import SVMPredictor
 from detkit.modeling.roi_heads.warp import RegionWarper
 
@@ -38,13 +38,14 @@ class ImageAsFeature(nn.Module):
 
 def build_rcnn_heads(region_cnn: nn.Module, num_classes: int, *, warp_size: int = 227, context_pad: int = 16,
                      batch_size_per_image: int = 64, positive_fraction: float = 0.25, score_thresh: float = -1.0,
-                     nms_thresh: float = 0.3, detections_per_img: int = 100) -> RCNNHeads:
-    """R-CNN heads for a region CNN built for warp_size inputs; num_classes counts background."""
+                     nms_thresh: float = 0.3, detections_per_img: int = 100) -> RoIHeads:
+    """R-CNN's RoI heads: the ordinary RoIHeads with the region warper as pooler, the region CNN as box head and
+    the SVM predictor, 256 warped regions at a time at test time; num_classes counts background."""
     predictor = SVMPredictor(region_cnn.out_channels, region_cnn.pool5_channels, num_classes)
-    return RCNNHeads(RegionWarper(warp_size, context_pad), region_cnn, predictor, fg_iou_thresh=0.5,
-                     bg_iou_thresh=0.5, batch_size_per_image=batch_size_per_image,
-                     positive_fraction=positive_fraction, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                     detections_per_img=detections_per_img)
+    return RoIHeads(RegionWarper(warp_size, context_pad), region_cnn, predictor, fg_iou_thresh=0.5,
+                    bg_iou_thresh=0.5, batch_size_per_image=batch_size_per_image,
+                    positive_fraction=positive_fraction, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                    detections_per_img=detections_per_img, chunk_size=256)
 
 
 class RCNN(TwoStageDetector):
@@ -58,6 +59,6 @@ class RCNN(TwoStageDetector):
             from detkit.modeling.backbones import build_backbone, build_vgg_fc_head
             from detkit.modeling.roi_heads.region_cnn import VGGRegionCNN
             roi_heads = build_rcnn_heads(VGGRegionCNN(build_backbone("vgg16"), build_vgg_fc_head(), 227), num_classes)
-        if preprocessor is None:  # R-CNN warps regions of the image as it is: no resize beyond a 1000 px cap
+        if preprocessor is None:  # shorter side 600 capped at 1000, as Fast R-CNN; every region is then warped to S x S
             preprocessor = ImagePreprocessor(600, 1000, pixel_mean=IMAGENET_MEAN, pixel_std=IMAGENET_STD)
         super().__init__(ImageAsFeature(), None, roi_heads, preprocessor, box_feature_names=[IMAGE_FEATURE])

@@ -13,13 +13,14 @@ missing proposals are DetkitErrors naming the image (and box); target boxes are 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from detkit.box_ops import clip_boxes_to_image
 from detkit.errors import DetkitError
-from detkit.modeling.preprocess import check_images
+from detkit.modeling.preprocess import check_images, to_input_pixels
 
 FREEZABLE = ("backbone", "rpn", "roi_heads")
 
@@ -96,26 +97,85 @@ class TwoStageDetector(nn.Module):
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
                 proposals: list[Tensor] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses in training, detections in eval (see the module docstring)."""
+        return self._run(images, targets, proposals)[0]
+
+    def detect_with_proposals(self, images: list[Tensor], proposals: list[Tensor] | None = None
+                              ) -> tuple[list[dict[str, Tensor]], list[Tensor] | None]:
+        """Eval: the detections of ``forward`` and, for a detector with an RPN, its proposals of the same pass (one
+        (P_i, 4) float32 tensor per image, x1, y1, x2, y2 in input pixels, best objectness first, at most the RPN's
+        post_nms_top_n["testing"]); None without an RPN. For RPN recall next to mAP (the backbone runs once)."""
+        if self.training:
+            raise DetkitError("detect_with_proposals runs in eval mode: call model.eval() first")
+        detections, rpn_proposals, batch, original_sizes = self._run(images, None, proposals)
+        if rpn_proposals is None:
+            return detections, None
+        return detections, [to_input_pixels(p.detach().float(), size, original)
+                            for p, size, original in zip(rpn_proposals, batch.image_sizes, original_sizes)]
+
+    def propose(self, images: list[Tensor]) -> list[Tensor]:
+        """The RPN's proposals for a batch of N (3, H, W) images in [0, 1]: one (P_i, 4) float32 tensor per image,
+        x1, y1, x2, y2 in input pixels, best objectness first (P_i <= post_nms_top_n of the RPN's mode: call
+        model.eval() for the test-time counts). Raises DetkitError for a detector without an RPN."""
+        if self.rpn is None:
+            raise DetkitError("this detector has no proposal generator (rpn): it cannot propose")
+        check_images(images)
+        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        batch, _, _ = self.preprocessor(images)
+        x = self._layout(batch.tensors)
+        proposals, _ = self.rpn(tuple(x.shape[-2:]), batch.image_sizes, list(self.backbone(x).values()))
+        return [to_input_pixels(p.detach().float(), size, original)
+                for p, size, original in zip(proposals, batch.image_sizes, original_sizes)]
+
+    def region_features(self, images: list[Tensor], boxes: list[Tensor]) -> Any:
+        """The box head's output for given regions: boxes[i] (R_i, 4) float x1, y1, x2, y2 in the input pixels of
+        images[i]; rows in image order (R = sum R_i). What the box head returns: (R, D) features, or for R-CNN's
+        region CNN the pair fc7 (R, D), pool5 (R, D5) (the features its SVMs and box regressors are fitted on)."""
+        check_images(images)
+        batch, _, scaled = self.preprocessor(images, None, boxes)
+        features = self.backbone(self._layout(batch.tensors))
+        return self.roi_heads.region_features([features[n] for n in self.box_feature_names], scaled)
+
+    def sampled_region_logits(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Class logits (R, K + 1) of the regions the RoI heads sample from targets[i]["proposals"] (as in training,
+        with the global torch random stream) and their labels (R,) (0 background): a classifier's accuracy on them."""
+        check_images(images)
+        batch, scaled_targets, _ = self.preprocessor(images, targets, None)
+        features = self.backbone(self._layout(batch.tensors))
+        boxes, labels, _ = self.roi_heads.sample_proposals([t["proposals"] for t in scaled_targets], scaled_targets)
+        box_features = self.roi_heads.box_head(self.roi_heads.pooler(
+            [features[n] for n in self.box_feature_names], boxes))
+        return self.roi_heads.box_predictor.class_logits(box_features), labels
+
+    def _layout(self, x: Tensor) -> Tensor:
+        """The batch tensor in the backbone's memory format (channels_last when asked)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _run(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None, proposals: list[Tensor] | None
+             ) -> tuple[Any, list[Tensor] | None, Any, list[tuple[int, int]]]:
+        """The one forward: (losses or detections, the RPN's proposals in batch pixels or None, batch, input sizes)."""
         check_images(images)
         if self.training:
             targets = check_targets(images, targets)
         proposals = self._input_proposals(len(images), targets, proposals)
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         batch, targets, proposals = self.preprocessor(images, targets, proposals)
-        x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
+        x = self._layout(batch.tensors)
         features = self.backbone(x)
         losses: dict[str, Tensor] = {}
+        rpn_proposals = None
         if self.rpn is not None:
             proposals, losses = self.rpn(tuple(x.shape[-2:]), batch.image_sizes, list(features.values()), targets)
+            rpn_proposals = proposals
         elif self.training:
             proposals = [t["proposals"] for t in targets]
         if self.training and "roi_heads" in self.frozen:  # an RPN-only network: its losses are the RPN's
-            return losses
+            return losses, rpn_proposals, batch, original_sizes
         box_features = [features[name] for name in self.box_feature_names]
         detections, head_losses = self.roi_heads(box_features, proposals, batch.image_sizes, targets)
         if self.training:
-            return {**losses, **head_losses}
-        return self.preprocessor.postprocess(detections, batch.image_sizes, original_sizes)
+            return {**losses, **head_losses}, rpn_proposals, batch, original_sizes
+        return (self.preprocessor.postprocess(detections, batch.image_sizes, original_sizes), rpn_proposals, batch,
+                original_sizes)
 
     def _input_proposals(self, num_images: int, targets: list[dict[str, Tensor]] | None,
                          proposals: list[Tensor] | None) -> list[Tensor] | None:

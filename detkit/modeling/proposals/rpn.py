@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.box_ops import BoxCoder, box_iou, clip_boxes_to_image, remove_small_boxes
-from detkit.engine.distributed import global_mean_count
+from detkit.ranks import global_mean_count
 from detkit.matching import BETWEEN_THRESHOLDS, BalancedSampler, Matcher
 from detkit.modeling.proposals.anchors import AnchorGenerator
 from detkit.ops import batched_nms
@@ -67,7 +67,7 @@ def rpn_losses(objectness: Tensor, deltas: Tensor, labels: Tensor, regression_ta
 
     Sums divided by global_mean_count of this process's sampled anchors: their number alone; under data-parallel
     training the mean over ranks, so that DDP's gradient average is the global batch's per-anchor mean (see
-    detkit.engine.distributed.global_mean_count). Every rank must call it (it all-reduces the count).
+    detkit.ranks.global_mean_count). Every rank must call it (it all-reduces the count).
     """
     sampled = sampled_pos | sampled_neg
     num_sampled = global_mean_count(sampled.sum())

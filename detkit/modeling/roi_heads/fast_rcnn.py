@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detkit.box_ops import BoxCoder, clip_boxes_to_image, remove_small_boxes
-from detkit.engine.distributed import global_mean_count
+from detkit.ranks import global_mean_count
 from detkit.ops import batched_nms
 
 
@@ -18,7 +18,7 @@ def fast_rcnn_losses(class_logits: Tensor, box_deltas: Tensor, labels: Tensor,
                      regression_targets: Tensor) -> dict[str, Tensor]:
     """Cross-entropy over all sampled regions; smooth-L1 on the true class's deltas of foreground regions.
 
-    Both are sums over this process's R regions divided by global_mean_count(R) (detkit.engine.distributed): R
+    Both are sums over this process's R regions divided by global_mean_count(R) (detkit.ranks): R
     itself alone, and under data-parallel training the mean over ranks of R, so that DDP's gradient average is the
     per-region mean of the whole global batch however its regions fall on the ranks (the docstring there derives
     it). Alone this is bit-identical to cross_entropy's mean. Every rank must call it (it all-reduces R).

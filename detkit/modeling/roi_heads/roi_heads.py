@@ -4,27 +4,35 @@ N images, R sampled regions over the batch, K + 1 classes with 0 = background. B
 of the resized batch image. Sampling is hierarchical (Fast R-CNN §2.3): batch_size_per_image regions from each of
 the N images, at most positive_fraction of them foreground (IoU >= fg_iou_thresh with a ground-truth box), the rest
 background (IoU in [bg_iou_lo, bg_iou_thresh)); regions below bg_iou_lo are neither. Ground-truth boxes join the
-proposals in training.
+proposals in training. The predictor owns scores, losses and inference (detkit.modeling.roi_heads.predictors);
+the heads do sample -> pool -> box head -> predictor, whatever the three parts are.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from detkit.box_ops import BoxCoder, box_iou
 from detkit.matching import BalancedSampler, Matcher
-from detkit.modeling.roi_heads.fast_rcnn import fast_rcnn_inference, fast_rcnn_losses
 
 IGNORED = -1
 
 
 class RoIHeads(nn.Module):
-    """Proposal sampling, pooling, box head and predictor; losses in training, detections in eval."""
+    """Proposal sampling, pooling, box head and predictor; losses in training, detections in eval.
+
+    ``proposal_matcher`` and ``sampler`` left None get Matcher(fg_iou_thresh, bg_iou_thresh) and
+    BalancedSampler(batch_size_per_image, positive_fraction) (torchvision's style). ``chunk_size`` (eval only) runs
+    pooler and box head on at most that many regions at a time (R-CNN's warped 227 x 227 regions would not fit at
+    once); None runs all regions in one call.
+    """
 
     def __init__(self, pooler: nn.Module, box_head: nn.Module, box_predictor: nn.Module, *,
-                 fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, bg_iou_lo: float = 0.0,
+                 proposal_matcher: Matcher | None = None, sampler: BalancedSampler | None = None,
+                 chunk_size: int | None = None, fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, bg_iou_lo: float = 0.0,
                  batch_size_per_image: int = 512, positive_fraction: float = 0.25,
                  bbox_reg_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0), score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, min_box_size: float = 1e-2) -> None:
@@ -34,9 +42,11 @@ class RoIHeads(nn.Module):
         self.pooler = pooler
         self.box_head = box_head
         self.box_predictor = box_predictor
-        self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
+        self.proposal_matcher = proposal_matcher or Matcher(fg_iou_thresh, bg_iou_thresh,
+                                                            allow_low_quality_matches=False)
         self.bg_iou_lo = bg_iou_lo
-        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self.sampler = sampler or BalancedSampler(batch_size_per_image, positive_fraction)
+        self.chunk_size = chunk_size
         self.box_coder = BoxCoder(bbox_reg_weights)
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
@@ -50,13 +60,29 @@ class RoIHeads(nn.Module):
             if targets is None:
                 raise ValueError("the RoI heads need targets in training mode")
             proposals, labels, regression_targets = self.sample_proposals(proposals, targets)
-        box_features = self.box_head(self.pooler(features, proposals))
-        class_logits, box_deltas = self.box_predictor(box_features)
-        if self.training:
-            return [], fast_rcnn_losses(class_logits.float(), box_deltas.float(), labels, regression_targets)
-        return fast_rcnn_inference(class_logits.float(), box_deltas.float(), proposals, image_sizes, self.box_coder,
-                                   score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
-                                   detections_per_img=self.detections_per_img, min_box_size=self.min_box_size), {}
+            return [], self.box_predictor.losses(self.box_head(self.pooler(features, proposals)), labels,
+                                                 regression_targets)
+        return self.box_predictor.inference(self.region_features(features, proposals), proposals, image_sizes,
+                                            self.box_coder, score_thresh=self.score_thresh,
+                                            nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img,
+                                            min_box_size=self.min_box_size), {}
+
+    def region_features(self, features: Sequence[Tensor], proposals: list[Tensor]) -> Any:
+        """The box head's output for every region (rows in image order), pooled and run in chunks of chunk_size
+        regions in eval mode; a tuple-valued box head (R-CNN's fc7, pool5) gives a tuple of float32 tensors."""
+        if self.training or self.chunk_size is None:
+            return self.box_head(self.pooler(features, proposals))
+        boxes = torch.cat(proposals)
+        image_index = torch.cat([torch.full((len(p),), i, dtype=torch.int64, device=boxes.device)
+                                 for i, p in enumerate(proposals)])
+        chunks = []
+        for start in range(0, max(boxes.shape[0], 1), self.chunk_size):
+            idx = slice(start, start + self.chunk_size)
+            per_image = [boxes[idx][image_index[idx] == i] for i in range(len(proposals))]
+            chunks.append(self.box_head(self.pooler(features, per_image)))
+        if isinstance(chunks[0], tuple):
+            return tuple(torch.cat([c[j].float() for c in chunks]) for j in range(len(chunks[0])))
+        return torch.cat(chunks)
 
     def label_proposals(self, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor]:
         """Per proposal: its class (0 background, -1 ignored) and the index of its ground-truth box (-1 none)."""
