@@ -5,6 +5,8 @@ set-up itself (torchrun's environment) is detkit.engine.distributed.
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -57,3 +59,26 @@ def global_mean_count(count: torch.Tensor) -> torch.Tensor:
     total = count.detach().to(torch.int64).clone()
     dist.all_reduce(total)
     return total.clamp(min=1) / world_size
+
+
+def shard_indices(num_items: int, rank: int | None = None, world_size: int | None = None) -> list[int]:
+    """The items rank r evaluates: r, r + W, r + 2W, ... (every item exactly once over all ranks)."""
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    return list(range(rank, num_items, world_size))
+
+
+def gather_sharded(items: Sequence[Any], num_items: int) -> list[Any] | None:
+    """Put each rank's `items` (for shard_indices(num_items)) back in index order on rank 0; None on other ranks."""
+    world_size = get_world_size()
+    if world_size == 1:
+        return list(items)
+    gathered: list[Any] = [None] * world_size if is_main_process() else None  # type: ignore[assignment]
+    dist.gather_object(list(items), gathered, dst=0)
+    if not is_main_process():
+        return None
+    ordered: list[Any] = [None] * num_items
+    for rank, part in enumerate(gathered):
+        for index, item in zip(shard_indices(num_items, rank, world_size), part):
+            ordered[index] = item
+    return ordered

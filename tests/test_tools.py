@@ -63,7 +63,7 @@ def test_eval_and_infer_use_the_trained_model(trained_run, demo_cache, tmp_path)
 def test_recipe_plus_weights_is_enough_the_class_list_travels_with_the_weights(trained_run, demo_cache, tmp_path):
     from detkit.config import load_config
     from detkit.data import DEMO_CLASSES
-    from detkit.engine.workflow import load_trained
+    from detkit.edge import load_trained
 
     saved = torch.load(trained_run / "model_final.pth", weights_only=True)
     assert saved["meta"] == {"class_names": DEMO_CLASSES, "category_ids": [1, 2, 3, 4]}

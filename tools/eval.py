@@ -13,9 +13,11 @@ from detkit.config import load_config, save_config
 
 
 def main(args: argparse.Namespace) -> int:
-    from detkit.engine.inference import with_test_amp
+    from detkit.evaluation.amp import with_test_amp
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
-    from detkit.engine.workflow import build_split, class_list, evaluate, load_trained, setup, write_json
+    from detkit.edge import build_split, class_list, load_trained, setup
+    from detkit.evaluation.predict import evaluate
+    from detkit.atomic import write_json
     from detkit.evaluation.coco import format_coco_table
 
     cfg = load_config(args.config, args.overrides)

@@ -27,8 +27,8 @@ def main(args: argparse.Namespace) -> int:
 
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
-    from detkit.engine.inference import with_test_amp
-    from detkit.engine.workflow import class_list, load_trained, propose, setup
+    from detkit.evaluation.amp import with_test_amp
+    from detkit.edge import class_list, load_trained, propose, setup
     from detkit.visualize import draw_detections, save_image
 
     config = Path(args.config) if args.config else DEFAULT_RUN / "config.yaml"

@@ -21,7 +21,7 @@ def _stop(signum, frame):
 
 def main(args: argparse.Namespace) -> int:
     from detkit.data.proposals import RECALL_FILE, format_recall_table  # heavy imports after argument parsing
-    from detkit.engine.workflow import ensure_proposals
+    from detkit.edge import ensure_proposals
     from detkit.errors import DetkitError
 
     overrides = list(args.overrides)

@@ -14,10 +14,10 @@ from detkit.config import load_config
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # a bad config fails before the heavy imports
     if args.check_data:
-        from detkit.data.check import check_config_data
+        from detkit.edge import check_config_data
 
         return check_config_data(cfg)
-    from detkit.engine.workflow import train
+    from detkit.recipes import train
 
     train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     return 0

@@ -62,7 +62,7 @@ def run_torchvision(script: str, root: str, iters: int, batch: int, min_size: in
 def run_detkit(config: str, root: str, out: str, iters: int, batch: int, min_size: int, threads: int,
                overrides: list[str]) -> dict:
     """Trains and evaluates detkit's recipe; training img/s from metrics.jsonl over all iterations."""
-    from detkit.engine.workflow import train
+    from detkit.recipes import train
 
     cfg = load_config(config, [f"data.root={root}", f"output_dir={out}", f"solver.max_iter={iters}",
                                f"solver.batch_size={batch}", f"input.min_size={min_size}",

@@ -39,7 +39,7 @@ def load_images(cfg: Config, paths: list[str] | None, limit: int) -> list[torch.
 
     if paths:
         return [to_tensor(read_image(p)) for p in collect_images(paths)[:limit]]
-    from detkit.engine.workflow import build_split
+    from detkit.edge import build_split
 
     dataset = build_split(cfg, "test")
     return [dataset[i][0] for i in range(min(limit, len(dataset)))]
@@ -75,10 +75,10 @@ def agreement(ours: list[dict], theirs: list[dict]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Time both sides and print one line each plus the ratio."""
-    from detkit.engine.workflow import load_trained, setup
+    from detkit.edge import load_trained, setup
     from detkit.interop.torchvision import to_torchvision
 
-    from detkit.engine.inference import resolve_test_amp, with_test_amp
+    from detkit.evaluation.amp import resolve_test_amp, with_test_amp
 
     if args.limit < 1 or args.rounds < 1 or args.batch < 1:
         raise DetkitError(f"benchmark infer: --limit, --rounds and --batch must be >= 1, got {args.limit}, "

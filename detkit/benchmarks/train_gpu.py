@@ -69,7 +69,7 @@ def load_split(root: str, split: str, size: tuple[int, int], limit: int | None,
 def build_sides(num_classes: int, size: tuple[int, int], device: torch.device) -> dict[str, Callable[[], nn.Module]]:
     """Constructors of the two models (from scratch, seeded by the caller), told the pre-resized size."""
     from detkit.config import load_config
-    from detkit.engine.workflow import build_detector
+    from detkit.modeling.build import build_detector
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     cfg = load_config(str(CONFIG), [f"input.min_size={size[0]}", f"input.max_size={size[1]}"])

@@ -8,13 +8,12 @@ at all is still reported by the dataset itself, in one line, when the split is b
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from detkit.data.base import DetectionDataset, ImageRecord
-from detkit.data.image_io import read_image, set_max_image_pixels
+from detkit.data.image_io import read_image
 from detkit.errors import DetkitError
 
 BOX_SLACK = 1.0  # pixels a box may extend past the image border before it counts as a problem
@@ -56,18 +55,3 @@ def check_datasets(datasets: dict[str, DetectionDataset], workers: int = 2, prog
         for (name, _, _), items in tqdm(zip(jobs, found), total=len(jobs), desc="check data", disable=not progress):
             problems += [f"[{name}] {item}" for item in items]
     return problems
-
-
-def check_config_data(cfg: Any) -> int:
-    """Check both splits of a config; print every problem and a summary; return 0 when clean, else 1."""
-    from detkit.engine.workflow import build_split
-
-    set_max_image_pixels(cfg.data.max_image_pixels)
-    datasets = {split: build_split(cfg, split) for split in ("train", "test")}
-    problems = check_datasets(datasets, workers=max(1, cfg.data.num_workers))
-    for problem in problems:
-        print(problem)
-    total = sum(len(ds) for ds in datasets.values())
-    print(f"check data: {len(problems)} problem(s) among {total} images" if problems
-          else f"check data: all {total} images decode and their annotations are valid")
-    return 1 if problems else 0

@@ -1,6 +1,6 @@
-"""Training: the solver (SGD, learning-rate schedule), the training loop and atomic, exactly resumable checkpoints."""
-from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
-from detkit.engine.solver import build_lr_scheduler, build_optimizer
-from detkit.engine.trainer import Trainer
+"""The engine: the training loop (trainer.py), solver, exactly resumable checkpoints, run folder, stages and
+torchrun's process group. It takes built modules and plain arguments; it never sees a Config.
 
-__all__ = ["Trainer", "build_lr_scheduler", "build_optimizer", "load_checkpoint", "save_checkpoint"]
+Import the submodule you need (detkit.engine.trainer.Trainer, ...): importing the package loads nothing, so the
+inference path (which uses run_dir and checkpoint) loads no training code.
+"""

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 
 from detkit.errors import DetkitError
-from detkit.ranks import (get_rank, get_world_size, global_mean_count, is_initialized, is_main_process,  # noqa: F401
-                          mean_over_ranks)
+from detkit.ranks import (gather_sharded, get_rank, get_world_size, global_mean_count, is_initialized,  # noqa: F401
+                          is_main_process, mean_over_ranks, shard_indices)
 
 # How long a collective waits for a missing rank before failing (torch's default is 30 minutes for gloo).
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -56,26 +55,3 @@ def barrier() -> None:
     """Wait for every rank (nothing when alone)."""
     if get_world_size() > 1:
         dist.barrier()
-
-
-def shard_indices(num_items: int, rank: int | None = None, world_size: int | None = None) -> list[int]:
-    """The items rank r evaluates: r, r + W, r + 2W, ... (every item exactly once over all ranks)."""
-    rank = get_rank() if rank is None else rank
-    world_size = get_world_size() if world_size is None else world_size
-    return list(range(rank, num_items, world_size))
-
-
-def gather_sharded(items: Sequence[Any], num_items: int) -> list[Any] | None:
-    """Put each rank's `items` (for shard_indices(num_items)) back in index order on rank 0; None on other ranks."""
-    world_size = get_world_size()
-    if world_size == 1:
-        return list(items)
-    gathered: list[Any] = [None] * world_size if is_main_process() else None  # type: ignore[assignment]
-    dist.gather_object(list(items), gathered, dst=0)
-    if not is_main_process():
-        return None
-    ordered: list[Any] = [None] * num_items
-    for rank, part in enumerate(gathered):
-        for index, item in zip(shard_indices(num_items, rank, world_size), part):
-            ordered[index] = item
-    return ordered

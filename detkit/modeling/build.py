@@ -14,6 +14,7 @@ from torch import nn
 from detkit.config_checks import config_value, ignored_keys
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
+from detkit.ranks import get_world_size
 from detkit.modeling.backbones import build_backbone, build_res5_head, build_vgg_fc_head
 from detkit.modeling.detectors.fast_rcnn import FastRCNN
 from detkit.modeling.detectors.faster_rcnn import FasterRCNN, default_box_feature_names
@@ -102,7 +103,7 @@ def _box_head(cfg: Config, in_channels: int) -> nn.Module:
     if not bb.name.startswith("resnet") or bb.fpn:
         raise DetkitError("config key 'model.roi_heads.box_head' is res5, which needs a ResNet backbone without FPN "
                           f"(got {bb.name}, fpn={bb.fpn})")
-    return build_res5_head(bb.name, norm=bb.norm, weights=bb.weights)
+    return build_res5_head(bb.name, norm=_built_norm(bb.norm), weights=bb.weights)
 
 
 def build_rpn(cfg: Config, in_channels: int, num_levels: int) -> RegionProposalNetwork:
@@ -140,7 +141,7 @@ def build_roi_heads(cfg: Config, backbone: nn.Module, num_classes: int) -> RoIHe
 
 def _common_parts(cfg: Config, num_classes: int) -> dict[str, Any]:
     bb = cfg.model.backbone
-    backbone = build_backbone(bb.name, fpn=bb.fpn, norm=bb.norm, weights=bb.weights,
+    backbone = build_backbone(bb.name, fpn=bb.fpn, norm=_built_norm(bb.norm), weights=bb.weights,
                               trainable_layers=bb.trainable_layers)
     preprocessor = ImagePreprocessor(cfg.input.min_size, cfg.input.max_size, pixel_mean=cfg.input.pixel_mean,
                                      pixel_std=cfg.input.pixel_std, test_min_size=cfg.input.test_min_size)
@@ -173,7 +174,7 @@ def build_rcnn(cfg: Config, num_classes: int) -> TwoStageDetector:
     if not 0 <= 2 * r.context_pad < r.warp_size:
         raise DetkitError(f"config keys 'model.rcnn.context_pad' ({r.context_pad}) and 'model.rcnn.warp_size' "
                           f"({r.warp_size}): need 0 <= 2 * context_pad < warp_size")
-    cnn = build_region_cnn(bb.name, r.warp_size, norm=bb.norm, weights=bb.weights,
+    cnn = build_region_cnn(bb.name, r.warp_size, norm=_built_norm(bb.norm), weights=bb.weights,
                            trainable_layers=bb.trainable_layers)
     heads = build_rcnn_heads(cnn, num_classes + 1, warp_size=r.warp_size, context_pad=r.context_pad,
                              batch_size_per_image=rh.batch_size_per_image, positive_fraction=rh.positive_fraction,
@@ -203,6 +204,20 @@ def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector
         raise DetkitError("the number of classes is unknown: set model.num_classes or build from a dataset")
     check_keys_apply(cfg)
     return ARCHS[cfg.model.arch](cfg, num_classes)
+
+
+def _built_norm(norm: str) -> str:
+    """The norm layer built: sync_bn builds BatchNorm (build_detector converts it under a process group)."""
+    return "bn" if norm == "sync_bn" else norm
+
+
+def build_detector(cfg: Config, num_classes: int) -> TwoStageDetector:
+    """build_model, where model.backbone.norm sync_bn builds BatchNorm and, under a process group, converts it to
+    SyncBatchNorm (the two share one state_dict, so weights load either way)."""
+    model = build_model(cfg, num_classes=num_classes)
+    if cfg.model.backbone.norm == "sync_bn" and get_world_size() > 1:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def prepare_for_test(model: TwoStageDetector, cfg: Config) -> TwoStageDetector:

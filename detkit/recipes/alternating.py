@@ -1,7 +1,7 @@
 """Faster R-CNN's training schedules (Ren et al. 2015 §3.2) as lists of stages (detkit.engine.stages).
 
 ``train.schedule``:
-    joint         approximate joint training: one Trainer run in output_dir itself (detkit.engine.workflow.train),
+    joint         approximate joint training: one Trainer run in output_dir itself (detkit.recipes.joint),
                   proposals detached
     exact_joint   the same run; build_model gives an RPN whose proposals are not detached, so the RoI heads' loss
                   reaches the RPN's box regression through RoIAlign's box gradient (detkit.modeling.proposals.rpn)
@@ -76,7 +76,7 @@ def fit(cfg: Config, model: nn.Module, train_set: Any, device: torch.device, fol
         max_iter: int, base_lr: float, progress: bool) -> dict[str, Any]:
     """One ordinary Trainer run of the model's trainable parameters in folder, with the config's solver scaled to
     max_iter iterations (step_warmup)."""
-    from detkit.engine.workflow import make_trainer
+    from detkit.recipes.common import make_trainer
 
     trainer = make_trainer(cfg, model, train_set, device, folder, max_iter=max_iter, base_lr=base_lr,
                            warmup_iters=step_warmup(cfg, max_iter), progress=progress)

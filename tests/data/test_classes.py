@@ -12,7 +12,8 @@ from torch import nn
 
 from detkit.config import load_config
 from detkit.data.classes import ClassList, trained_class_list
-from detkit.engine.workflow import build_train_and_test, evaluate
+from detkit.recipes.common import build_train_and_test
+from detkit.evaluation.predict import evaluate
 from detkit.errors import DetkitError
 
 from .conftest import BCCD, write_image

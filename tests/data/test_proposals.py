@@ -159,7 +159,7 @@ def test_recall_json_is_written_for_a_split_with_ground_truth(voc5, tmp_path, mo
 
 
 def test_ensure_proposals_fills_the_configured_store(voc5, tmp_path, monkeypatch):
-    from detkit.engine.workflow import ensure_proposals
+    from detkit.edge import ensure_proposals
 
     calls: list = []
     monkeypatch.setattr(props, "propose_image", fake_search(calls))
@@ -176,7 +176,7 @@ def test_ensure_proposals_fills_the_configured_store(voc5, tmp_path, monkeypatch
 def test_rpn_proposals_come_from_the_trained_weights_in_stored_image_pixels(voc5, tmp_path):
     from detkit.data.image_io import read_image, to_tensor
     from detkit.data.proposals import finish_boxes
-    from detkit.engine import workflow
+    from detkit import edge
     from detkit.engine.checkpoint import load_model_weights
     from detkit.modeling.build import build_model
 
@@ -187,7 +187,7 @@ def test_rpn_proposals_come_from_the_trained_weights_in_stored_image_pixels(voc5
         "proposals": {"method": "rpn", "rpn_weights": str(tmp_path / "w.pth"), "top_k": 30}, "device": "cpu"})
     torch.manual_seed(0)
     torch.save(build_model(cfg, num_classes=1).state_dict(), tmp_path / "w.pth")
-    workflow.ensure_proposals(cfg, "train", progress=False)
+    edge.ensure_proposals(cfg, "train", progress=False)
     store = ProposalStore(tmp_path / "s")
     boxes = store.load(1)
     assert 0 < len(boxes) <= 30
@@ -206,4 +206,4 @@ def test_rpn_proposals_come_from_the_trained_weights_in_stored_image_pixels(voc5
     assert meta["method"] == "rpn" and meta["rpn_weights"] == str((tmp_path / "w.pth").resolve())
     torch.save(build_model(cfg, num_classes=1).state_dict(), tmp_path / "w.pth")  # other weights, same path
     with pytest.raises(DetkitError, match="was made with rpn_weights_"):
-        workflow.ensure_proposals(cfg, "train", progress=False)
+        edge.ensure_proposals(cfg, "train", progress=False)

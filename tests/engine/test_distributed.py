@@ -15,7 +15,7 @@ import torch
 from detkit.benchmarks.elastic import _workers
 from detkit.data.loader import TrainStream
 from detkit.engine import distributed
-from detkit.engine.inference import AutocastDetector, resolve_test_amp, with_test_amp
+from detkit.evaluation.amp import AutocastDetector, resolve_test_amp, with_test_amp
 from detkit.errors import DetkitError
 from detkit.matching import BalancedSampler, per_image_sampling
 
@@ -181,7 +181,7 @@ def test_two_processes_killed_then_one_resumes_to_the_same_weights(one_process, 
 
 def test_sync_bn_builds_batchnorm_alone_with_the_same_state_dict():
     from detkit.config import load_config
-    from detkit.engine.workflow import build_detector
+    from detkit.modeling.build import build_detector
 
     sync = build_detector(load_config(str(REPO / "configs" / "demo.yaml"), ["model.backbone.norm=sync_bn"]), 4)
     plain = build_detector(load_config(str(REPO / "configs" / "demo.yaml"), ["model.backbone.norm=bn"]), 4)
@@ -195,7 +195,7 @@ def test_sync_bn_builds_batchnorm_alone_with_the_same_state_dict():
                                                      ("rcnn_r18.yaml", [], "model.arch=rcnn")])
 def test_multi_stage_schedules_refuse_several_processes(tmp_path, monkeypatch, config, overrides, name):
     from detkit.config import load_config
-    from detkit.engine.workflow import train
+    from detkit.recipes import train
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -47,8 +47,8 @@ def direct_recall(model, dataset):
 
 
 def test_evaluate_reports_the_recall_of_the_models_own_proposals(tmp_path):
-    from detkit.engine.inference import AutocastDetector
-    from detkit.engine.workflow import evaluate
+    from detkit.evaluation.amp import AutocastDetector
+    from detkit.evaluation.predict import evaluate
 
     model, dataset = tiny_model_and_data(tmp_path)
     expected = direct_recall(model, dataset)
@@ -85,7 +85,7 @@ def test_propose_and_detect_with_proposals_give_the_rpns_own_boxes(tmp_path):
 
 
 def test_detector_without_rpn_reports_no_rpn_recall(tmp_path):
-    from detkit.engine.workflow import evaluate
+    from detkit.evaluation.predict import evaluate
 
     class Replay(torch.nn.Module):
         def forward(self, images):
@@ -99,7 +99,7 @@ def test_detector_without_rpn_reports_no_rpn_recall(tmp_path):
 
 @pytest.mark.parametrize("progress", [True, False])
 def test_evaluate_shows_its_progress_bar_only_when_asked(progress, tmp_path, capsys):
-    from detkit.engine.workflow import evaluate
+    from detkit.evaluation.predict import evaluate
 
     model, dataset = tiny_model_and_data(tmp_path)
     capsys.readouterr()
@@ -109,7 +109,7 @@ def test_evaluate_shows_its_progress_bar_only_when_asked(progress, tmp_path, cap
 
 @pytest.mark.parametrize("schedule", ["joint", "exact_joint"])
 def test_training_writes_rpn_recall_into_metrics_json(schedule, tmp_path, capsys):
-    from detkit.engine.workflow import train
+    from detkit.recipes import train
 
     data = tiny_voc(tmp_path / "voc", count=4)
     cfg = load_config(DEMO, [*OVERRIDES, f"output_dir={tmp_path / 'run'}", "data.train.format=voc",

@@ -159,7 +159,7 @@ def test_a_whole_config_saved_by_an_older_run_still_loads(tmp_path):
 def test_the_rpn_that_proposes_for_a_detector_builds_from_its_config(recipe, extra):
     """proposals.method=rpn builds a Faster R-CNN from the detector's config for its RPN: R-CNN's own keys
     (model.rcnn.*, set in its recipe) must not make that build a key error."""
-    from detkit.engine.workflow import rpn_config
+    from detkit.edge import rpn_config
 
     cfg = load_config(CONFIGS / recipe, ["proposals.method=rpn", "proposals.rpn_weights=rpn.pth", *extra])
     model = build_model(rpn_config(cfg), 5)

@@ -44,12 +44,13 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def alternating_run(tmp_path_factory):
     """A tiny from-scratch alternating run (steps of 2 / 1 / 5 / 2 iterations, solver.warmup_iters=5); records each
     step's Trainer arguments and the backbone its model starts from in cfg.started."""
-    from detkit.engine import workflow
+    from detkit import recipes
+    from detkit.recipes import common
 
     root = tmp_path_factory.mktemp("alt")
     data = tiny_voc(root / "voc", count=8)
     cfg = load_config(DEMO, [f"output_dir={root / 'run'}", *voc_args(data), *ALT, "solver.warmup_iters=5"])
-    started, make_trainer = {}, workflow.make_trainer
+    started, make_trainer = {}, common.make_trainer
 
     def recording(cfg, model, train_set, device, folder, **kwargs):
         started[Path(folder).name] = {"backbone": part({k: v.clone() for k, v in model.state_dict().items()},
@@ -58,8 +59,8 @@ def alternating_run(tmp_path_factory):
         return make_trainer(cfg, model, train_set, device, folder, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(workflow, "make_trainer", recording)
-        workflow.train(cfg, progress=False)
+        patch.setattr(common, "make_trainer", recording)
+        recipes.train(cfg, progress=False)
     cfg.started = started
     return cfg
 
@@ -77,7 +78,7 @@ def test_alternating_steps_scale_the_warmup_and_step_2_starts_from_step_1s_backb
 
 
 def test_step_2_backbone_choice_follows_the_pretrained_weights():
-    from detkit.engine.schedules import step2_starts_from_step1
+    from detkit.recipes.alternating import step2_starts_from_step1
 
     def starts_from_step1(*overrides: str) -> bool:
         return step2_starts_from_step1(load_config(DEMO, list(overrides)))
@@ -94,7 +95,7 @@ def test_alternating_steps_3_and_4_train_only_their_own_layers(alternating_run):
     # Step 3: the step-2 backbone (parameters and batch-norm statistics) and RoI heads stay; the new RPN trains.
     assert same(part(step3, "backbone."), part(step2, "backbone."))
     assert same(part(step3, "roi_heads."), part(step2, "roi_heads."))
-    from detkit.engine.schedules import seed_everything
+    from detkit.recipes.alternating import seed_everything
 
     seed_everything(alternating_run.seed + 3)  # the RPN step 3 started from
     initial_rpn = part(build_model(alternating_run, 1).state_dict(), "rpn.")
@@ -110,7 +111,7 @@ def test_alternating_steps_3_and_4_train_only_their_own_layers(alternating_run):
 
 def test_alternating_gives_one_faster_rcnn_that_reloads_identically(alternating_run):
     from detkit.data import build_dataset
-    from detkit.engine.workflow import load_trained
+    from detkit.edge import load_trained
 
     out = Path(alternating_run.output_dir)
     final = state(out / "model_final.pth")

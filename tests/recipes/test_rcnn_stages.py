@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from detkit.box_ops import BoxCoder
-from detkit.engine.rcnn_bbox import apply_box_regressor, fit_box_regressor, mean_box_error
-from detkit.engine.rcnn_features import FeatureCache, cache_features
-from detkit.engine.rcnn_fitting import run_svm_stage
-from detkit.engine.rcnn_svm import HARD_THRESH, ArrayNegatives, SVMSettings, svm_objective, \
+from detkit.recipes.rcnn.bbox import apply_box_regressor, fit_box_regressor, mean_box_error
+from detkit.recipes.rcnn.features import FeatureCache, cache_features
+from detkit.recipes.rcnn.fitting import run_svm_stage
+from detkit.recipes.rcnn.svm import HARD_THRESH, ArrayNegatives, SVMSettings, svm_objective, \
     train_svm_with_hard_negatives
 
 
@@ -35,7 +35,7 @@ def test_mining_adds_only_margin_violators_and_cache_stays_bounded():
     for record in history:
         assert record.cache_size <= settings.cache_size
     # The first round's additions are exactly the uncached negatives the first model scores above -1.
-    from detkit.engine.rcnn_svm import fit_linear_svm
+    from detkit.recipes.rcnn.svm import fit_linear_svm
     first = np.sort(np.random.default_rng(settings.seed).choice(len(neg), 50, replace=False))
     w1, b1 = fit_linear_svm(pos, neg[first], settings)
     scores = neg @ w1 + b1
@@ -160,7 +160,7 @@ def test_feature_and_svm_stages_resume_without_redoing_finished_work(tmp_path):
 
 
 def test_overwrite_clears_finished_stages(tmp_path):
-    from detkit.engine.rcnn_schedule import STAGES, clear_stages
+    from detkit.recipes.rcnn.schedule import STAGES, clear_stages
     from detkit.engine.stages import stage_done
 
     for name in STAGES:

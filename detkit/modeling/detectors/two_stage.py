@@ -53,7 +53,7 @@ class TwoStageDetector(nn.Module):
 
     With ``rpn=None`` proposals come with the input (Fast R-CNN, R-CNN); ``rpn`` keeps that name because
     checkpoints and the torchvision interop address its weights as ``rpn.*``. ``freeze`` fixes parts for the steps of
-    alternating training (detkit.engine.schedules): a frozen RPN still proposes, frozen RoI heads are skipped in
+    alternating training (detkit.recipes.alternating): a frozen RPN still proposes, frozen RoI heads are skipped in
     training, so a detector with frozen RoI heads is an RPN-only network whose losses are the RPN's.
     """
 

@@ -1,5 +1,5 @@
 """R-CNN's non-SGD stages (Girshick et al. 2014, §2.3, appendix C): SVMs with hard-negative mining and box
-regression, on the feature cache (detkit.engine.rcnn_features). Each is resumable: the SVM stage per class.
+regression, on the feature cache (detkit.recipes.rcnn.features). Each is resumable: the SVM stage per class.
 
 K foreground classes (labels 1..K). Boxes x1, y1, x2, y2 in stored-image pixels. Figures go to the stage folder's
 metrics.jsonl (one line per mining round or fit) and to what the function returns (its stage_done.json).
@@ -15,9 +15,9 @@ import torch
 from tqdm import tqdm
 
 from detkit.box_ops import box_iou
-from detkit.engine.rcnn_bbox import apply_box_regressor, fit_box_regressor, mean_box_error
-from detkit.engine.rcnn_features import FeatureCache
-from detkit.engine.rcnn_svm import SVMSettings, train_svm_with_hard_negatives
+from detkit.recipes.rcnn.bbox import apply_box_regressor, fit_box_regressor, mean_box_error
+from detkit.recipes.rcnn.features import FeatureCache
+from detkit.recipes.rcnn.svm import SVMSettings, train_svm_with_hard_negatives
 
 NO_POSITIVE_BIAS = -10.0  # an SVM for a class with no training box: scores every region as a clear negative
 

@@ -3,7 +3,7 @@ regression, each a detkit.engine.stages Stage in its own folder under output_dir
 its folder when stopped: the Trainer from last.pth, the feature cache per image, the SVMs per class), then one
 model_final.pth holding the CNN, the SVMs and the regressors, evaluated on data.test with and without regression.
 
-Reads config keys (with detkit.engine.workflow, the edge where a config becomes arguments).
+Reads config keys (a recipe: the edge where a config becomes arguments).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from torch import nn
 from detkit.config import Config, config_to_dict, save_config
 from detkit.engine import run_dir
 from detkit.engine.checkpoint import atomic_torch_save, class_meta, load_model_weights
-from detkit.engine.rcnn_features import FeatureCache, cache_features
-from detkit.engine.rcnn_fitting import append_jsonl, run_bbox_stage, run_svm_stage
-from detkit.engine.rcnn_svm import SVMSettings
+from detkit.recipes.rcnn.features import FeatureCache, cache_features
+from detkit.recipes.rcnn.fitting import append_jsonl, run_bbox_stage, run_svm_stage
+from detkit.recipes.rcnn.svm import SVMSettings
 from detkit.engine.stages import Stage, run_stages
 from detkit.modeling.build import build_model, prepare_for_test
 
@@ -88,7 +88,7 @@ def _image_ids(dataset: Any) -> list[int]:
 def finetune_stage(cfg: Config, train_set: Any, test_set: Any, device: torch.device, folder: Path, resume: bool,
                    progress: bool) -> dict[str, Any]:
     """Fine-tunes the CNN as a K + 1-way classifier of warped windows with the ordinary Trainer; held-out accuracy."""
-    from detkit.engine.workflow import make_trainer
+    from detkit.recipes.common import make_trainer
 
     model = build_model(cfg, num_classes=len(cfg.model.class_names))
     trainer = make_trainer(cfg, model, train_set, device, folder, progress=progress)
@@ -143,7 +143,10 @@ def clear_stages(output_dir: str | Path) -> None:
 
 def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Runs every R-CNN stage, writes model_final.pth, metrics.json and detections.png; returns the metrics."""
-    from detkit.engine.workflow import (build_train_and_test, evaluate, save_detection_picture, setup, write_json)
+    from detkit.recipes.common import build_train_and_test
+    from detkit.evaluation.predict import evaluate, save_detection_picture
+    from detkit.edge import setup
+    from detkit.atomic import write_json
     from detkit.evaluation.coco import format_coco_table
 
     run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
