@@ -165,8 +165,8 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     config = _build(Config, tree, "", sources or {})
     _resolve_roots(config)
     check_values(config)
-    config.sources = dict(sources or {})  # dotted key -> file or command line that set it (not a schema key)
-    config.user_keys = frozenset(_tree_keys(tree))  # keys the user set, whatever their value (not a schema key)
+    config.sources = dict(sources or {})
+    config.user_keys = frozenset(_tree_keys(tree))
     return config
 
 
@@ -181,7 +181,7 @@ def _tree_keys(tree: dict, prefix: str = "") -> list[str]:
 
 def _build(cls: type, tree: dict, prefix: str, sources: dict[str, str]) -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("provenance")}
     values = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
@@ -263,8 +263,12 @@ def _resolve_roots(config: Config) -> None:
 
 
 def config_to_dict(config: Any) -> dict:
-    """The config as plain nested dicts and lists."""
-    return dataclasses.asdict(config)
+    """The config's keys as plain nested dicts and lists (provenance, Config.sources and user_keys, left out)."""
+    tree = dataclasses.asdict(config)
+    for f in dataclasses.fields(config):
+        if f.metadata.get("provenance"):
+            del tree[f.name]
+    return tree
 
 
 def save_config(config: Config, path: str | Path) -> Path:

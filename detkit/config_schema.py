@@ -202,6 +202,9 @@ class OpsConfig:
     backend: Literal["auto", "triton", "torchvision"] = "auto"
 
 
+PROVENANCE = {"provenance": True}  # marks the Config fields that are not keys
+
+
 @dataclass
 class Config:
     output_dir: str = "outputs/run"
@@ -216,3 +219,7 @@ class Config:
     test: TestConfig = field(default_factory=TestConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     proposals: ProposalsConfig = field(default_factory=ProposalsConfig)
+    # Provenance, not config keys (never read from a file, never saved): the file or command line that set each
+    # dotted key, and the keys the user set whatever their value (detkit.config.load_config fills both).
+    sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False, metadata=PROVENANCE)
+    user_keys: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False, metadata=PROVENANCE)

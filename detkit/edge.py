@@ -110,7 +110,7 @@ def rpn_config(cfg: Config) -> Config:
     rpn_cfg = copy.deepcopy(cfg)
     rpn_cfg.model.arch = "faster_rcnn"  # the RPN of the config's backbone, whatever detector trains next
     rpn_cfg.model.rcnn = RCNNConfig()
-    rpn_cfg.user_keys = frozenset(k for k in getattr(cfg, "user_keys", ()) if not k.startswith("model.rcnn."))
+    rpn_cfg.user_keys = frozenset(k for k in cfg.user_keys if not k.startswith("model.rcnn."))
     return rpn_cfg
 
 

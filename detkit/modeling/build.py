@@ -30,7 +30,7 @@ from detkit.modeling.roi_heads.roi_heads import RoIHeads
 def check_schedule(cfg: Config) -> None:
     """Raises DetkitError when train.schedule cannot train the model: alternating and exact_joint need an RPN, and
     exact_joint a pooler with a box gradient (RoIPool's max has none worth following)."""
-    schedule, sources = cfg.train.schedule, getattr(cfg, "sources", {})
+    schedule, sources = cfg.train.schedule, cfg.sources
     where = lambda key: f"{key} (in {sources[key]})" if key in sources else key  # noqa: E731
     if schedule != "joint" and cfg.model.arch != "faster_rcnn":
         raise DetkitError(f"config key {where('train.schedule')}={schedule} needs an RPN: it does not apply to "
@@ -56,8 +56,8 @@ def check_keys_apply(cfg: Config) -> None:
     default; each named with the file or command line that set it. Also checks train.schedule and svd_rank."""
     check_schedule(cfg)
     arch = cfg.model.arch
-    sources: dict[str, str] = getattr(cfg, "sources", {})
-    user_keys: frozenset[str] = getattr(cfg, "user_keys", frozenset())
+    sources: dict[str, str] = cfg.sources
+    user_keys: frozenset[str] = cfg.user_keys
     default = Config()
     bad = [f"{k} (in {sources[k]})" if k in sources else k for k in ignored_keys(cfg)
            if k in user_keys or config_value(cfg, k) != config_value(default, k)]
@@ -70,7 +70,7 @@ def check_svd_rank(cfg: Config) -> None:
     """Raises DetkitError when model.roi_heads.svd_rank is set for a box head without fc layers to compress."""
     if cfg.model.roi_heads.svd_rank is None:
         return
-    name, sources = cfg.model.backbone.name, getattr(cfg, "sources", {})
+    name, sources = cfg.model.backbone.name, cfg.sources
     key = "model.roi_heads.svd_rank" + (f" (in {sources['model.roi_heads.svd_rank']})"
                                         if "model.roi_heads.svd_rank" in sources else "")
     if cfg.model.arch == "rcnn" and not name.startswith("vgg"):
