@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from detkit.config_checks import check_values, ignored_keys
+from detkit.config_checks import check_values, ignored_keys, recipe_ignored_keys
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 
@@ -123,6 +123,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     _merge(tree, parse_overrides(overrides or []), sources, COMMAND_LINE)
     config = config_from_dict(tree, sources)
     config.user_keys = config.user_keys - {k for k in dumped if sources.get(k) != COMMAND_LINE}
+    ignored = [k for k in recipe_ignored_keys(config) if sources.get(k) == COMMAND_LINE]
+    if ignored:
+        recipe = "model.arch=rcnn" if config.model.arch == "rcnn" else f"train.schedule={config.train.schedule}"
+        raise DetkitError(f"config keys set on the command line that {recipe} does not read: {', '.join(ignored)}")
     return config
 
 

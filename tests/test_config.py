@@ -80,3 +80,41 @@ def test_numeric_string_from_python_is_a_float_but_words_are_not():
     for bad in ("1e", "e-4", "fast", "nan"):
         with pytest.raises(DetkitError, match=f"'solver.weight_decay' in the command line must be a number, got '{bad}'"):
             load_config(None, [f"solver.weight_decay={bad}"])
+
+
+def test_train_keys_the_recipe_ignores_are_errors_on_the_command_line_only():
+    """train.alternating.* with the joint schedule, train.exact_joint.* with alternating, train.eval_period with
+    R-CNN: each names the key; the same sections in a recipe file (configs/demo.yaml keeps train.alternating) load."""
+    import pytest
+
+    from detkit.config import load_config
+    from detkit.errors import DetkitError
+
+    demo = "configs/demo.yaml"
+    with pytest.raises(DetkitError, match=r"train.schedule=joint does not read: train.alternating.lr_factors"):
+        load_config(demo, ["train.alternating.lr_factors=[1,1,1,1]"])
+    with pytest.raises(DetkitError, match=r"train.schedule=alternating does not read: "
+                                          r"train.exact_joint.proposal_grad_scale"):
+        load_config(demo, ["train.schedule=alternating", "train.exact_joint.proposal_grad_scale=0.5"])
+    with pytest.raises(DetkitError, match=r"model.arch=rcnn does not read: train.eval_period"):
+        load_config(None, ["model.arch=rcnn", "train.eval_period=5"])
+    cfg = load_config(demo, ["train.schedule=alternating", "train.alternating.lr_factors=[1,1,1,1]"])
+    assert cfg.train.alternating.lr_factors == [1, 1, 1, 1]
+    assert "train.alternating.iter_fractions" in cfg.sources  # demo.yaml's own section, kept under joint too
+    assert load_config(demo).train.schedule == "joint"
+
+
+def test_provenance_is_a_config_field_not_a_key():
+    import dataclasses
+
+    import pytest
+
+    from detkit.config import config_to_dict, load_config
+    from detkit.errors import DetkitError
+
+    cfg = load_config(None, ["seed=3"])
+    assert cfg.sources == {"seed": "the command line"} and cfg.user_keys == {"seed"}
+    assert {"sources", "user_keys"} <= {f.name for f in dataclasses.fields(cfg)}
+    assert "sources" not in config_to_dict(cfg) and "user_keys" not in config_to_dict(cfg)
+    with pytest.raises(DetkitError, match="unknown config key 'sources'"):
+        load_config(None, ["sources={}"])

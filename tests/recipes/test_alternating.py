@@ -81,7 +81,7 @@ def test_step_2_backbone_choice_follows_the_pretrained_weights():
     from detkit.recipes.alternating import step2_starts_from_step1
 
     def starts_from_step1(*overrides: str) -> bool:
-        return step2_starts_from_step1(load_config(DEMO, list(overrides)))
+        return step2_starts_from_step1(load_config(DEMO, ["train.schedule=alternating", *overrides]))
 
     assert starts_from_step1()  # auto, from scratch
     assert not starts_from_step1("model.backbone.weights=/some/imagenet.pth")  # auto: the paper's fresh start
