@@ -13,16 +13,20 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Calls write(f) on a binary file that becomes ``path`` only once complete (parents are created); returns path."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, durable: bool = True) -> Path:
+    """Calls write(f) on a binary file that becomes ``path`` only once complete (parents are created); returns path.
+
+    durable=True fsyncs before the rename (the file survives a power cut, not only a kill); stores of many small
+    files that a rerun refills (proposals, features) pass False."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

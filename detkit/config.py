@@ -21,9 +21,11 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from detkit.atomic import atomic_write_text
 from detkit.config_checks import check_values, ignored_keys, recipe_ignored_keys
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
+from detkit.keys import flatten_keys
 
 __all__ = ["Config", "load_config", "config_from_dict", "config_to_dict", "save_config", "parse_overrides"]
 
@@ -141,7 +143,7 @@ def _keys_at_default_in_dumps(tree: dict, sources: dict[str, str]) -> set[str]:
     for eval or infer must not read those defaults as keys the user set (check_keys_apply). A key set to another
     value than its default still counts as set.
     """
-    defaults = dict(_flat(config_to_dict(Config())))
+    defaults = flatten_keys(config_to_dict(Config()))
     per_file: dict[str, int] = {}
     for key in defaults:
         if key in sources:
@@ -149,19 +151,8 @@ def _keys_at_default_in_dumps(tree: dict, sources: dict[str, str]) -> set[str]:
     dumps = {f for f, n in per_file.items() if n >= _DUMP_SHARE * len(defaults)}
     if not dumps:
         return set()
-    values = dict(_flat(tree))
+    values = flatten_keys(tree)
     return {k for k, v in values.items() if sources.get(k) in dumps and k in defaults and v == defaults[k]}
-
-
-def _flat(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, value) of every value in a nested dict."""
-    items: list[tuple[str, Any]] = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            items.extend(_flat(value, f"{prefix}{key}."))
-        else:
-            items.append((f"{prefix}{key}", value))
-    return items
 
 
 def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Config:
@@ -170,17 +161,8 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
     _resolve_roots(config)
     check_values(config)
     config.sources = dict(sources or {})
-    config.user_keys = frozenset(_tree_keys(tree))
+    config.user_keys = frozenset(flatten_keys(tree))
     return config
-
-
-def _tree_keys(tree: dict, prefix: str = "") -> list[str]:
-    """The dotted keys of the values (not the sections) in a nested dict."""
-    keys: list[str] = []
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        keys += _tree_keys(value, dotted + ".") if isinstance(value, dict) else [dotted]
-    return keys
 
 
 def _build(cls: type, tree: dict, prefix: str, sources: dict[str, str]) -> Any:
@@ -286,9 +268,7 @@ def save_config(config: Config, path: str | Path) -> Path:
     tree = config_to_dict(config)
     for key in ignored_keys(config):
         _remove(tree, key.split("."))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(tree, sort_keys=False))
     return path
 
 

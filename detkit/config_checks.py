@@ -2,9 +2,11 @@
 config so bad values fail at load time in one line naming the key, not later as a traceback deep in a module."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from detkit.errors import DetkitError
+from detkit.keys import flatten_keys
 
 # Keys whose value must be an integer >= 1 (None allowed where the schema allows it).
 POSITIVE = (
@@ -80,16 +82,10 @@ def ignored_keys(config: Any) -> list[str]:
     return [key for key in leaf_keys(config) if any(key == s or key.startswith(s + ".") for s in sections)]
 
 
-def leaf_keys(config: Any, prefix: str = "") -> list[str]:
-    """The dotted keys of every value (not section) in a config dataclass."""
-    keys: list[str] = []
-    for name, spec in getattr(config, "__dataclass_fields__", {}).items():
-        if spec.metadata.get("provenance"):
-            continue
-        value = getattr(config, name)
-        dotted = f"{prefix}{name}"
-        keys += leaf_keys(value, dotted + ".") if hasattr(value, "__dataclass_fields__") else [dotted]
-    return keys
+def leaf_keys(config: Any) -> list[str]:
+    """The dotted keys of every value (not section) in a config dataclass (provenance fields left out)."""
+    tree = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if not f.metadata.get("provenance")}
+    return list(flatten_keys({k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in tree.items()}))
 
 
 def config_value(config: Any, dotted: str) -> Any:

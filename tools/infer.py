@@ -9,7 +9,6 @@ the results of the images done. A detector that reads proposals (Fast R-CNN) get
 each image, and the time that costs is printed.
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from detkit.atomic import write_json
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.evaluation.amp import with_test_amp
@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
             save_image(drawn, drawn_path)
             done += 1
     finally:  # an error, --stop-on-error or Ctrl-C still leaves the results of the images done
-        (out / "detections.json").write_text(json.dumps(results, indent=1))
+        write_json(out / "detections.json", results)
         save_config(cfg, out / "config.yaml")
     note = f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""
     print(f"{len(results)} detections in {done} images{note}: {out}/detections.json and drawn images in {out}/")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from detkit.atomic import write_json
 from detkit.config import load_config
 from detkit.errors import DetkitError
 
@@ -111,5 +112,5 @@ def main(args: argparse.Namespace) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": args.threads, "iters": args.iters, "batch": args.batch,
             "min_size": args.min_size, "overrides": args.overrides, "wall_s": wall}
-    (Path(args.out) / "results.json").write_text(json.dumps({"results": results, "meta": meta}, indent=1))
+    write_json(Path(args.out) / "results.json", {"results": results, "meta": meta})
     return 0

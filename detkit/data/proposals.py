@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 from contextlib import closing
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from detkit.atomic import atomic_write, write_json
 from detkit.data.image_io import read_image, to_tensor
 from detkit.errors import DetkitError
-from detkit.evaluation.recall import proposal_recall
+from detkit.evaluation.recall import AR_LIMITS, proposal_recall
 from detkit.modeling.proposals.selective_search import selective_search
 
 META_FILE = "meta.json"
 RECALL_FILE = "recall.json"
-AR_LIMITS = (100, 300, 1000)  # COCO's proposal metrics (AR@100/300/1000)
 RECALL_IOUS = (0.5, 0.7)  # the IoU the detector trains positives at (0.5) and a stricter one (0.7)
 
 
@@ -72,10 +71,7 @@ class ProposalStore:
         boxes = np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1, 4)
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._path(image_id)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.save(f, boxes, allow_pickle=False)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.save(f, boxes, allow_pickle=False), durable=False)
 
     def remove_partial_files(self) -> None:
         """Deletes temporary files a killed writer left behind."""
@@ -291,6 +287,4 @@ def format_recall_table(recall: dict[str, float], title: str = "") -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_json(path, data)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from detkit.atomic import atomic_write_text
 
 
 class ThroughputMeter:
@@ -81,9 +82,7 @@ def _drop_records_after(path: Path, iteration: int) -> None:
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 if json.loads(line)["iter"] <= iteration:
                     kept.append(line + "\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(kept))
 
 
 def to_json(value: Any) -> Any:

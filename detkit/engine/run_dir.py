@@ -19,6 +19,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from detkit.errors import DetkitError
+from detkit.keys import flatten_keys
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def stored_config(checkpoint: str | os.PathLike) -> tuple[dict | None, int]:
 
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose value differs between two config dicts, as {key: (saved, current)}."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_keys(saved, tuples_as_lists=True), flatten_keys(current, tuples_as_lists=True)
     return {key: (old[key], new[key]) for key in sorted(old.keys() & new.keys()) if old[key] != new[key]}
 
 
@@ -209,16 +210,6 @@ def link_or_copy(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
 
 
 def _short(value: Any) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detkit.atomic import write_json
 from detkit.errors import DetkitError
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,6 @@ def run_stages(stages: Sequence[Stage], output_dir: str | os.PathLike, *, resume
                     "resuming" if resuming else "starting", folder)
         folder.mkdir(parents=True, exist_ok=True)
         metrics = dict(stage.run(folder, resuming))
-        tmp = marker.with_name(marker.name + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=1, default=float))
-        tmp.replace(marker)
+        write_json(marker, metrics, default=float)
         results[stage.name] = metrics
     return results

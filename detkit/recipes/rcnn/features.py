@@ -8,7 +8,6 @@ a killed run resumes at the first image without it.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from detkit.atomic import atomic_write
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,7 @@ class FeatureCache:
 
 
 def _atomic_save(path: Path, write: Any) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    atomic_write(path, write, durable=False)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detkit.atomic import atomic_write
 from detkit.box_ops import box_iou
 from detkit.recipes.rcnn.bbox import apply_box_regressor, fit_box_regressor, mean_box_error
 from detkit.recipes.rcnn.features import FeatureCache
@@ -77,8 +78,7 @@ def run_svm_stage(cache: FeatureCache, image_ids: list[int], num_classes: int, s
         path = folder / f"class_{k}.npz"
         if not path.is_file():
             w, b, summary = _fit_class(images, k, scale, settings, neg_iou, folder)
-            np.savez(path.with_name(path.name + ".tmp.npz"), weight=w, bias=b, **summary)
-            Path(str(path) + ".tmp.npz").replace(path)
+            atomic_write(path, lambda f: np.savez(f, weight=w, bias=b, **summary))
             metrics["svm/fitted_classes"] += 1
         with np.load(path) as saved:
             weights.append(saved["weight"])
