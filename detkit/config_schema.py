@@ -169,9 +169,8 @@ class AlternatingConfig:
 @dataclass
 class ExactJointConfig:
     """Exact joint training (train.schedule=exact_joint): the detector's loss reaches the RPN's box regression
-    through RoIAlign's box gradient, weighted by proposal_grad_scale (forward values unchanged). Unweighted (1.0)
-    that gradient was 33x the RPN's own box-loss gradient on the trained demo model and the demo run collapsed
-    (mAP 0.05); 0.01 is the measured choice (docs/benchmarks.md, "Training schedules")."""
+    through RoIAlign's box gradient, weighted by proposal_grad_scale (forward values unchanged); the default is
+    the measured choice (docs/benchmarks.md, "Training schedules", has the figures)."""
 
     proposal_grad_scale: float = 0.01
 

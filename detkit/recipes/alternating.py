@@ -67,8 +67,7 @@ def seed_everything(seed: int) -> None:
 
 def step_warmup(cfg: Config, max_iter: int) -> int:
     """A step's warmup iterations: solver.warmup_iters scaled by the step's share of solver.max_iter, rounded as
-    step_iterations rounds (Python's round: halves to even). Before, every step warmed up for the whole
-    solver.warmup_iters (50 of the 58 iterations of steps 2 and 4 with the paper's proportions on the demo)."""
+    step_iterations rounds (Python's round: halves to even)."""
     return round(cfg.solver.warmup_iters * max_iter / cfg.solver.max_iter)
 
 

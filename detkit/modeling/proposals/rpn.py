@@ -13,10 +13,8 @@ the "non-approximate" sense of the paper, made possible by the RoI warping layer
 Semantic Segmentation via Multi-task Network Cascades, §3.3), differentiable with respect to the box.
 
 ``proposal_grad_scale`` weighs that path (the forward values are unchanged): d(box)/d(delta) is the anchor's size in
-pixels, so the detector's losses reach the RPN's regression weights with a gradient measured at 33x that of the
-RPN's own box loss (the trained demo model, one batch of 4 images); at weight 1 the demo run's RPN box loss rose
-18-fold and its mAP fell to 0.05. The weight is a loss weight like the paper's lambda, chosen by measurement
-(docs/benchmarks.md, "Training schedules").
+pixels, so unweighted the detector's losses can swamp the RPN's own box loss. The weight is a loss weight like
+the paper's lambda, chosen by measurement: docs/benchmarks.md, "Training schedules", has the figures.
 """
 from __future__ import annotations
 
