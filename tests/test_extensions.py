@@ -1,0 +1,148 @@
+"""The extension points of docs/architecture.md, each proven with a toy part defined here, touching nothing in
+detkit/: a toy backbone and a toy predictor go into a detector through its constructor and train for an iteration,
+then detect; a toy training recipe registers in detkit.recipes.RECIPES (only for this test) and trains through
+detkit.recipes.train. Tiny: 64 x 64 images, a two-convolution backbone."""
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detkit.modeling.detectors.faster_rcnn import FasterRCNN
+from detkit.modeling.proposals.anchors import AnchorGenerator
+from detkit.modeling.proposals.rpn import RegionProposalNetwork, RPNHead
+from detkit.modeling.roi_heads.box_head import TwoMLPHead
+from detkit.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detkit.modeling.roi_heads.poolers import RoIPooler
+from detkit.modeling.roi_heads.roi_heads import RoIHeads
+from detkit.modeling.preprocess import ImagePreprocessor
+
+
+class ToyBackbone(nn.Module):
+    """Two strided convolutions: one 16-channel map at stride 4 (what a backbone must give: an ordered dict of
+    maps, out_channels and strides)."""
+
+    out_channels = 16
+    strides = {"c2": 4}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return OrderedDict(c2=F.relu(self.conv2(F.relu(self.conv1(x)))))
+
+
+class ToyPredictor(nn.Module):
+    """Cosine-similarity class scores (a temperature-scaled softmax) and shared class-agnostic deltas: the
+    predictor interface (losses, inference, class_logits) with scores of its own."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, in_channels) * 0.01)
+        self.bbox_pred = nn.Linear(in_channels, 4)
+        self.calls = {"losses": 0, "inference": 0}
+
+    def class_logits(self, box_features: torch.Tensor) -> torch.Tensor:
+        return 10.0 * F.normalize(box_features, dim=1) @ F.normalize(self.weight, dim=1).t()
+
+    def _deltas(self, box_features: torch.Tensor) -> torch.Tensor:
+        return self.bbox_pred(box_features).repeat(1, self.weight.shape[0])
+
+    def losses(self, box_features, labels, regression_targets):
+        self.calls["losses"] += 1
+        logits = self.class_logits(box_features)
+        fg = labels > 0
+        box = F.smooth_l1_loss(self.bbox_pred(box_features)[fg], regression_targets[fg], reduction="sum")
+        return {"loss_classifier": F.cross_entropy(logits, labels), "loss_box_reg": box / max(labels.numel(), 1)}
+
+    def inference(self, box_features, proposals, image_sizes, box_coder, **settings):
+        self.calls["inference"] += 1
+        return fast_rcnn_inference(self.class_logits(box_features), self._deltas(box_features), proposals,
+                                   image_sizes, box_coder, **settings)
+
+
+def toy_detector(predictor: nn.Module | None = None) -> FasterRCNN:
+    backbone = ToyBackbone()
+    anchors = AnchorGenerator(((16, 32),), (0.5, 1.0, 2.0))
+    rpn = RegionProposalNetwork(anchors, RPNHead(16, anchors.num_anchors_per_location()[0]),
+                                post_nms_top_n={"training": 64, "testing": 32})
+    pooler = RoIPooler(4, [4])
+    box_head = TwoMLPHead(16 * 4 * 4, 32)
+    heads = RoIHeads(pooler, box_head, predictor or ToyPredictor(32, 3), batch_size_per_image=32)
+    return FasterRCNN(backbone, rpn=rpn, roi_heads=heads,
+                      preprocessor=ImagePreprocessor(64, 64, pixel_mean=(0.5,) * 3, pixel_std=(0.25,) * 3))
+
+
+def batch():
+    torch.manual_seed(0)
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 36.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[20.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])}]
+    return images, targets
+
+
+def one_sgd_step(model: nn.Module) -> dict[str, float]:
+    images, targets = batch()
+    model.train()
+    losses = model(images, targets)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    sum(losses.values()).backward()
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def test_a_toy_backbone_and_a_toy_predictor_train_and_detect():
+    model = toy_detector()
+    before = model.backbone.conv1.weight.detach().clone()
+    losses = one_sgd_step(model)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    assert all(v == v and v >= 0 for v in losses.values())
+    assert not torch.equal(before, model.backbone.conv1.weight)  # the toy backbone trained
+    model.eval()
+    images, _ = batch()
+    with torch.no_grad():
+        detections, proposals = model.detect_with_proposals(images)
+    predictor = model.roi_heads.box_predictor
+    assert predictor.calls == {"losses": 1, "inference": 1}  # the heads routed to the toy predictor
+    assert len(detections) == 2 and all(d["boxes"].shape[1] == 4 for d in detections)
+    assert all(len(p) > 0 for p in proposals)
+
+
+def test_a_toy_recipe_registers_in_recipes_and_trains(tmp_path, monkeypatch):
+    from detkit import recipes
+    from detkit.config import load_config
+    from detkit.edge import setup
+    from detkit.recipes.common import build_train_and_test, make_trainer
+    from detkit.modeling.build import build_detector
+    from tests.recipes.test_alternating import voc_args
+    from tests.test_tools_no_lost_work import DEMO, tiny_voc
+
+    ran = {}
+
+    def toy_recipe(cfg, resume=False, progress=True, overwrite=False):
+        """Two SGD iterations of the config's detector, no evaluation."""
+        device = setup(cfg)
+        train_set, _ = build_train_and_test(cfg, progress=False)
+        model = build_detector(cfg, num_classes=len(cfg.model.class_names))
+        summary = make_trainer(cfg, model, train_set, device, tmp_path / "toy", max_iter=2, progress=False).train()
+        ran["summary"] = summary
+        return {"toy/iterations": 2}
+
+    monkeypatch.setitem(recipes.RECIPES, "toy", toy_recipe)
+    data = tiny_voc(tmp_path / "voc", count=4)
+    cfg = load_config(DEMO, [f"output_dir={tmp_path / 'run'}", *voc_args(data)])
+    cfg.train.schedule = "toy"  # the schema's allowed values are fixed (see docs/architecture.md)
+    assert recipes.train(cfg, progress=False) == {"toy/iterations": 2}
+    assert (tmp_path / "toy" / "model_final.pth").is_file() and ran["summary"]["train/time_s"] > 0
+
+
+@pytest.mark.parametrize("bad", ["not-a-recipe"])
+def test_an_unknown_recipe_name_is_refused_by_the_schema(bad):
+    from detkit.config import load_config
+    from detkit.errors import DetkitError
+
+    with pytest.raises(DetkitError, match="train.schedule"):
+        load_config(None, [f"train.schedule={bad}"])
