@@ -1,7 +1,7 @@
 """The extension points of docs/architecture.md, each proven with a toy part defined here, touching nothing in
 detkit/: a toy backbone and a toy predictor go into a detector through its constructor and train for an iteration,
-then detect; a toy training recipe registers in detkit.recipes.RECIPES (only for this test) and trains through
-detkit.recipes.train. Tiny: 64 x 64 images, a two-convolution backbone."""
+then detect; a toy training recipe registers in detkit.recipes.RECIPES and a toy dataset format in
+detkit.data.FORMATS (only for the test) and train through the ordinary paths. Tiny: 64 x 64 images."""
 from collections import OrderedDict
 
 import pytest
@@ -146,3 +146,48 @@ def test_an_unknown_recipe_name_is_refused_by_the_schema(bad):
 
     with pytest.raises(DetkitError, match="train.schedule"):
         load_config(None, [f"train.schedule={bad}"])
+
+
+def test_a_toy_dataset_format_registers_in_formats_and_trains(tmp_path, monkeypatch):
+    """A CSV format (one line per box: file, x1, y1, x2, y2, class) registered in detkit.data.FORMATS for this test
+    only: config -> dataset -> loader -> one SGD iteration, and the COCO evaluation of its test split."""
+    import csv
+
+    import cv2
+    import numpy as np
+
+    from detkit import data
+    from detkit.config import load_config
+    from detkit.data.base import DetectionDataset, ImageRecord
+    from detkit.edge import build_split, setup
+    from detkit.evaluation.predict import evaluate
+    from detkit.modeling.build import build_model
+    from detkit.recipes.common import make_trainer
+    from tests.test_tools_no_lost_work import DEMO, TINY
+
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "boxes.csv", "w", newline="") as f:
+        for i in range(4):
+            cv2.imwrite(str(tmp_path / f"im{i}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            csv.writer(f).writerow([f"im{i}.png", 8, 8, 40 + i, 44, "cell"])
+
+    def csv_format(root, split, ann_file, train, transforms, skip_corrupt, demo_cache):
+        rows = list(csv.reader(open(f"{root}/boxes.csv")))
+        records = [ImageRecord(path=tmp_path / name, file_name=name, image_id=i + 1, height=64, width=64,
+                               boxes=np.array([[float(v) for v in box]], dtype=np.float32),
+                               labels=np.array([1]), ignore=np.array([False]))
+                   for i, (name, *box, _) in enumerate(rows)]
+        return DetectionDataset(records, ["cell"], {1: 1}, skip_corrupt=skip_corrupt, transforms=transforms)
+
+    monkeypatch.setitem(data.FORMATS, "csv", csv_format)
+    cfg = load_config(DEMO, [*TINY, f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path}", "device=cpu"])
+    cfg.data.train.format = cfg.data.test.format = "csv"  # the schema's allowed values are fixed
+    device = setup(cfg)
+    train_set, test_set = build_split(cfg, "train"), build_split(cfg, "test")
+    assert len(train_set) == 4 and train_set.classes == ["cell"]
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=1)
+    summary = make_trainer(cfg, model, train_set, device, tmp_path / "run", max_iter=1, progress=False).train()
+    assert summary["train/time_s"] > 0
+    metrics, _ = evaluate(model, test_set, device, num_workers=0, progress=False)
+    assert "bbox/AP" in metrics and 0 <= metrics["rpn/AR@100"] <= 1

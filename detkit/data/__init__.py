@@ -7,6 +7,7 @@ int, ``ignore`` bool (M,), ``orig_size`` (H, W) of the stored image.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from detkit.data.base import DetectionDataset, ImageRecord, Transform
@@ -18,7 +19,41 @@ from detkit.data.transforms import DetectionTransform, build_transforms
 from detkit.data.voc import VOCDataset
 from detkit.errors import DetkitError
 
-FORMATS = ("demo", "voc", "coco")
+def _demo(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
+          skip_corrupt: bool, demo_cache: str | None) -> DetectionDataset:
+    """The embedded demo set (generated on first use into demo_cache), split train / test; root is ignored."""
+    folder = ensure_demo(demo_cache)
+    split = split or ("train" if train else "test")
+    if split not in ("train", "test"):
+        raise DetkitError(f"Demo data has splits 'train' and 'test', got split '{split}'.")
+    return COCODataset(folder / split, folder / f"{split}.json", skip_corrupt=skip_corrupt, transforms=transforms)
+
+
+def _voc(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
+         skip_corrupt: bool, demo_cache: str | None) -> DetectionDataset:
+    """A Pascal VOC folder (root), split trainval / test by default."""
+    _need_root("voc", root)
+    return VOCDataset(root, split or ("trainval" if train else "test"), skip_corrupt=skip_corrupt,
+                      transforms=transforms)
+
+
+def _coco(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
+          skip_corrupt: bool, demo_cache: str | None) -> DetectionDataset:
+    """COCO json (ann_file, relative to root); images in root/split when a split is given, else in root."""
+    _need_root("coco", root)
+    if not ann_file:
+        raise DetkitError("Data format 'coco' needs an ann_file (data.train.ann_file / data.test.ann_file).")
+    image_dir = Path(root) / split if split else Path(root)
+    return COCODataset(image_dir, Path(root) / ann_file, skip_corrupt=skip_corrupt, transforms=transforms)
+
+
+def _need_root(format: str, root: str | None) -> None:
+    if not root:
+        raise DetkitError(f"Data format '{format}' needs a root folder (data.train.root / data.test.root).")
+
+
+# data.*.format -> the function that builds that format's dataset (a new format is one module and one line here).
+FORMATS: dict[str, Callable[..., DetectionDataset]] = {"demo": _demo, "voc": _voc, "coco": _coco}
 
 
 def build_dataset(format: str, root: str | None, split: str | None, ann_file: str | None, train: bool,
@@ -29,23 +64,9 @@ def build_dataset(format: str, root: str | None, split: str | None, ann_file: st
     For coco, ``ann_file`` is relative to ``root`` and images lie in ``root/split`` when a split is given, else in
     ``root``. A missing split defaults to train/test (demo), trainval/test (voc) from ``train``.
     """
-    if format == "demo":
-        folder = ensure_demo(demo_cache)
-        split = split or ("train" if train else "test")
-        if split not in ("train", "test"):
-            raise DetkitError(f"Demo data has splits 'train' and 'test', got split '{split}'.")
-        return COCODataset(folder / split, folder / f"{split}.json", skip_corrupt=skip_corrupt, transforms=transforms)
     if format not in FORMATS:
         raise DetkitError(f"Unknown data format '{format}'; expected one of {', '.join(FORMATS)}.")
-    if not root:
-        raise DetkitError(f"Data format '{format}' needs a root folder (data.train.root / data.test.root).")
-    if format == "voc":
-        return VOCDataset(root, split or ("trainval" if train else "test"), skip_corrupt=skip_corrupt,
-                          transforms=transforms)
-    if not ann_file:
-        raise DetkitError("Data format 'coco' needs an ann_file (data.train.ann_file / data.test.ann_file).")
-    image_dir = Path(root) / split if split else Path(root)
-    return COCODataset(image_dir, Path(root) / ann_file, skip_corrupt=skip_corrupt, transforms=transforms)
+    return FORMATS[format](root, split, ann_file, train, transforms, skip_corrupt, demo_cache)
 
 
 __all__ = [
