@@ -1,5 +1,6 @@
 """The edge where a Config becomes arguments for every run, training or not: run set-up, a config's datasets and
-proposal stores, a trained model from a config and its weights file, test-time proposals of an image.
+proposal stores, a trained model from a config and its weights file (Fast R-CNN and R-CNN with a selective-search proposal
+generator, so every trained detector is callable on an image alone).
 
 The inference tools (eval.py, infer.py, propose.py) need only this module, detkit.evaluation and detkit.modeling;
 the training recipes (detkit.recipes) build on it. Nothing here imports training code.
@@ -25,6 +26,7 @@ from detkit.data.transforms import build_transforms
 from detkit.engine import run_dir
 from detkit.engine.checkpoint import load_model_weights, read_class_meta
 from detkit.errors import DetkitError
+from detkit.modeling.proposals.selective_search import SelectiveSearchProposals
 from detkit.modeling.build import build_detector, build_model, check_keys_apply, needs_proposals, prepare_for_test
 
 
@@ -60,6 +62,10 @@ def load_trained(cfg: Config, weights: str | Path) -> nn.Module:
     m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
     model = build_detector(cfg, num_classes=len(classes))
     load_model_weights(weights, model)
+    if model.needs_proposals:  # callable on an image alone: selective search with the proposals.* settings
+        p = cfg.proposals
+        model.test_proposal_generator = SelectiveSearchProposals(mode=p.mode, max_side=p.max_side,
+                                                                 min_size=p.min_size, top_k=p.top_k)
     return prepare_for_test(model, cfg).eval()
 
 
@@ -90,15 +96,6 @@ def build_split(cfg: Config, split: str, classes: ClassList | None = None, progr
 
         dataset.proposals = ProposalStore(ensure_proposals(cfg, split, progress=progress))
     return dataset
-
-
-def propose(cfg: Config, image: np.ndarray) -> torch.Tensor:
-    """Selective-search proposals (P, 4) float32 for one HWC uint8 RGB image, with the config's proposals.* keys."""
-    from detkit.data.proposals import propose_image
-
-    p = cfg.proposals
-    return torch.from_numpy(propose_image(image, mode=p.mode, max_side=p.max_side, min_size=p.min_size,
-                                          top_k=p.top_k))
 
 
 def rpn_config(cfg: Config) -> Config:

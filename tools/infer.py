@@ -10,7 +10,6 @@ each image, and the time that costs is printed.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from detkit.cli import add_common_args, run
@@ -28,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.evaluation.amp import with_test_amp
-    from detkit.edge import class_list, load_trained, propose, setup
+    from detkit.edge import class_list, load_trained, setup
     from detkit.visualize import draw_detections, save_image
 
     config = Path(args.config) if args.config else DEFAULT_RUN / "config.yaml"
@@ -43,10 +42,11 @@ def main(args: argparse.Namespace) -> int:
     weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
     device = setup(cfg, make_output_dir=False)
     model = load_trained(cfg, weights).to(device)  # the class names and ids the weights were trained with
+    generator = model.test_proposal_generator  # Fast R-CNN / R-CNN: selective search inside the model
     model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
     classes = class_list(cfg)
     names, category_ids = list(classes.names), classes.label_to_category_id
-    results, skipped, done, propose_s = [], [], 0, 0.0
+    results, skipped, done = [], [], 0
     try:
         bar = tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True, disable=args.no_progress)
         for image_id, (path, drawn_path) in enumerate(bar, start=1):
@@ -59,13 +59,8 @@ def main(args: argparse.Namespace) -> int:
                 skipped.append(str(path))
                 continue
             image = to_tensor(pixels)
-            kwargs = {}
-            if model.needs_proposals:  # no proposal generator in the model: selective search on the fly
-                start = time.perf_counter()
-                kwargs["proposals"] = [propose(cfg, pixels).to(device)]
-                propose_s += time.perf_counter() - start
-            with torch.no_grad():
-                det = {k: v.cpu() for k, v in model([image.to(device)], **kwargs)[0].items()}
+            with torch.no_grad():  # Fast R-CNN / R-CNN: the model's selective-search generator proposes
+                det = {k: v.cpu() for k, v in model([image.to(device)])[0].items()}
             keep = det["scores"] >= args.score_thresh
             for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
                                          det["scores"][keep].tolist()):
@@ -81,7 +76,8 @@ def main(args: argparse.Namespace) -> int:
         save_config(cfg, out / "config.yaml")
     note = f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""
     print(f"{len(results)} detections in {done} images{note}: {out}/detections.json and drawn images in {out}/")
-    if model.needs_proposals and done:
+    if generator is not None and done:
+        propose_s = generator.seconds
         print(f"note: selective search ({cfg.proposals.mode} mode) took {propose_s:.1f} s "
               f"({propose_s / done:.2f} s per image) of this run")
     return 0

@@ -51,14 +51,18 @@ def check_targets(images: Sequence[Tensor], targets: list[dict[str, Tensor]] | N
 class TwoStageDetector(nn.Module):
     """Backbone, optional proposal generator (``rpn``), RoI heads and pre/post-processing, wired in one forward.
 
-    With ``rpn=None`` proposals come with the input (Fast R-CNN, R-CNN); ``rpn`` keeps that name because
+    With ``rpn=None`` proposals come with the input (Fast R-CNN, R-CNN), or at test time, when none are given,
+    from ``test_proposal_generator`` (images in, per-image (P, 4) boxes in input pixels out: e.g.
+    detkit.modeling.proposals.selective_search.SelectiveSearchProposals), so the detector is callable on an image
+    alone; given proposals win over it; ``rpn`` keeps that name because
     checkpoints and the torchvision interop address its weights as ``rpn.*``. ``freeze`` fixes parts for the steps of
     alternating training (detkit.recipes.alternating): a frozen RPN still proposes, frozen RoI heads are skipped in
     training, so a detector with frozen RoI heads is an RPN-only network whose losses are the RPN's.
     """
 
     def __init__(self, backbone: nn.Module, rpn: nn.Module | None, roi_heads: nn.Module, preprocessor: nn.Module,
-                 *, box_feature_names: Sequence[str], channels_last: bool = False) -> None:
+                 *, box_feature_names: Sequence[str], channels_last: bool = False,
+                 test_proposal_generator: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.rpn = rpn
@@ -66,6 +70,7 @@ class TwoStageDetector(nn.Module):
         self.preprocessor = preprocessor
         self.box_feature_names = list(box_feature_names)
         self.channels_last = channels_last
+        self.test_proposal_generator = test_proposal_generator
         self.frozen: tuple[str, ...] = ()
 
     def freeze(self, *parts: str) -> TwoStageDetector:
@@ -156,7 +161,7 @@ class TwoStageDetector(nn.Module):
         check_images(images)
         if self.training:
             targets = check_targets(images, targets)
-        proposals = self._input_proposals(len(images), targets, proposals)
+        proposals = self._input_proposals(images, targets, proposals)
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         batch, targets, proposals = self.preprocessor(images, targets, proposals)
         x = self._layout(batch.tensors)
@@ -177,13 +182,16 @@ class TwoStageDetector(nn.Module):
         return (self.preprocessor.postprocess(detections, batch.image_sizes, original_sizes), rpn_proposals, batch,
                 original_sizes)
 
-    def _input_proposals(self, num_images: int, targets: list[dict[str, Tensor]] | None,
+    def _input_proposals(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None,
                          proposals: list[Tensor] | None) -> list[Tensor] | None:
         """Eval-time proposals after checking that they come exactly when the detector needs them."""
+        num_images = len(images)
         if self.rpn is not None:
             if proposals is not None or (targets and any("proposals" in t for t in targets)):
                 raise DetkitError("this detector has its own proposal generator (rpn): do not pass proposals")
             return None
+        if not self.training and proposals is None and self.test_proposal_generator is not None:
+            proposals = self.test_proposal_generator(images)
         given = [t.get("proposals") for t in targets] if self.training else proposals
         where = "targets[i]['proposals']" if self.training else "the proposals= argument"
         if given is None or len(given) != num_images or any(p is None for p in given):

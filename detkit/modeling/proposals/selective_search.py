@@ -10,10 +10,11 @@ on which images the same process searched before (a resumed or multi-process run
 from __future__ import annotations
 
 import ctypes
+import time
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from detkit.errors import DetkitError
 
@@ -57,3 +58,61 @@ def selective_search(image: np.ndarray, mode: str = "fast", max_proposals: int =
     boxes[:, 2:] += boxes[:, :2]
     keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
     return boxes[keep][:max_proposals]
+
+
+def finish_boxes(boxes: np.ndarray, height: int, width: int, min_size: float, top_k: int) -> np.ndarray:
+    """Clips to the image, drops boxes under min_size pixels and exact duplicates (first kept), keeps top_k."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    wide = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+    boxes = boxes[wide]
+    _, first = np.unique(boxes, axis=0, return_index=True)
+    return boxes[np.sort(first)][:top_k]
+
+
+def propose_image(image: np.ndarray, *, mode: str = "fast", max_side: int = 500, min_size: float = 1.0,
+                  top_k: int = 2000) -> np.ndarray:
+    """Selective-search boxes (P, 4) float32 in the pixels of ``image`` (HWC uint8 RGB), searched at most max_side."""
+    import cv2
+
+    height, width = image.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    small = image
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 sizes are (w, h)
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    boxes = selective_search(small, mode=mode, max_proposals=np.iinfo(np.int32).max, min_size=0.0).numpy()
+    # Per-axis factors: rounding makes the two sides' scales differ slightly.
+    sx, sy = width / small.shape[1], height / small.shape[0]
+    boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+    return finish_boxes(boxes, height, width, min_size, top_k)
+
+
+class SelectiveSearchProposals(nn.Module):
+    """A test-time proposal generator for detectors without an RPN (Fast R-CNN, R-CNN): selective search on each
+    image, so that such a detector is callable on an image alone (TwoStageDetector's test_proposal_generator).
+
+    In: N images (3, H, W) float in [0, 1]. Out: per image (P, 4) float32 x1, y1, x2, y2 in input pixels, OpenCV's
+    rank order, the settings of ``propose_image`` (those of the proposal stores, ``proposals.*``). ``seconds`` adds
+    up the time spent searching. No parameters: a detector's state_dict is the same with or without it.
+    """
+
+    def __init__(self, *, mode: str = "fast", max_side: int = 500, min_size: float = 1.0, top_k: int = 2000) -> None:
+        super().__init__()
+        if mode not in ("fast", "quality"):
+            raise DetkitError(f"selective search mode must be 'fast' or 'quality', got {mode!r}")
+        self.mode, self.max_side, self.min_size, self.top_k = mode, max_side, min_size, top_k
+        self.seconds = 0.0
+
+    def forward(self, images: list[Tensor]) -> list[Tensor]:
+        """Proposals (P_i, 4) per image, on the images' device."""
+        start = time.perf_counter()
+        out = []
+        for image in images:
+            pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            boxes = propose_image(pixels, mode=self.mode, max_side=self.max_side, min_size=self.min_size,
+                                  top_k=self.top_k)
+            out.append(torch.from_numpy(boxes).to(image.device))
+        self.seconds += time.perf_counter() - start
+        return out
