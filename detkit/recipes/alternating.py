@@ -47,6 +47,7 @@ from detkit.engine.stages import Stage, run_stages
 from detkit.errors import DetkitError
 from detkit.modeling.build import build_model
 from detkit.modeling.detectors.two_stage import TwoStageDetector
+from detkit.recipes import common
 
 ALTERNATING_STEPS = ("1_rpn", "1_proposals", "2_fast_rcnn", "3_rpn", "4_fast_rcnn")
 FINAL = "model_final.pth"
@@ -75,9 +76,7 @@ def fit(cfg: Config, model: nn.Module, train_set: Any, device: torch.device, fol
         max_iter: int, base_lr: float, progress: bool) -> dict[str, Any]:
     """One ordinary Trainer run of the model's trainable parameters in folder, with the config's solver scaled to
     max_iter iterations (step_warmup)."""
-    from detkit.recipes.common import make_trainer
-
-    trainer = make_trainer(cfg, model, train_set, device, folder, max_iter=max_iter, base_lr=base_lr,
+    trainer = common.make_trainer(cfg, model, train_set, device, folder, max_iter=max_iter, base_lr=base_lr,
                            warmup_iters=step_warmup(cfg, max_iter), progress=progress)
     return trainer.train(resume=resume)
 

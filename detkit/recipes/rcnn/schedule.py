@@ -15,14 +15,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from detkit.atomic import write_json
 from detkit.config import Config, config_to_dict, save_config
+from detkit.edge import setup
 from detkit.engine import run_dir
 from detkit.engine.checkpoint import atomic_torch_save, class_meta, load_model_weights
+from detkit.engine.stages import Stage, run_stages
+from detkit.evaluation.coco import format_coco_table
+from detkit.evaluation.predict import evaluate, save_detection_picture
+from detkit.modeling.build import build_model, prepare_for_test
+from detkit.recipes import common
+from detkit.recipes.common import build_train_and_test
 from detkit.recipes.rcnn.features import FeatureCache, cache_features
 from detkit.recipes.rcnn.fitting import append_jsonl, run_bbox_stage, run_svm_stage
 from detkit.recipes.rcnn.svm import SVMSettings
-from detkit.engine.stages import Stage, run_stages
-from detkit.modeling.build import build_model, prepare_for_test
 
 STAGES = ("1_proposals", "2_finetune", "3_features", "4_svms", "5_bbox_reg")
 
@@ -88,10 +94,8 @@ def _image_ids(dataset: Any) -> list[int]:
 def finetune_stage(cfg: Config, train_set: Any, test_set: Any, device: torch.device, folder: Path, resume: bool,
                    progress: bool) -> dict[str, Any]:
     """Fine-tunes the CNN as a K + 1-way classifier of warped windows with the ordinary Trainer; held-out accuracy."""
-    from detkit.recipes.common import make_trainer
-
     model = build_model(cfg, num_classes=len(cfg.model.class_names))
-    trainer = make_trainer(cfg, model, train_set, device, folder, progress=progress)
+    trainer = common.make_trainer(cfg, model, train_set, device, folder, progress=progress)
     summary = trainer.train(resume=resume)
     metrics = {"train/img_per_s": summary.get("train/img_per_s", float("nan")),
                **window_accuracy(model, test_set, device)}
@@ -143,12 +147,6 @@ def clear_stages(output_dir: str | Path) -> None:
 
 def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Runs every R-CNN stage, writes model_final.pth, metrics.json and detections.png; returns the metrics."""
-    from detkit.recipes.common import build_train_and_test
-    from detkit.evaluation.predict import evaluate, save_detection_picture
-    from detkit.edge import setup
-    from detkit.atomic import write_json
-    from detkit.evaluation.coco import format_coco_table
-
     run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
     if overwrite:
         clear_stages(cfg.output_dir)
