@@ -30,6 +30,8 @@ from detkit.keys import flatten_keys
 __all__ = ["Config", "load_config", "config_from_dict", "config_to_dict", "save_config", "parse_overrides"]
 
 COMMAND_LINE = "the command line"
+# Old dotted key -> its new name, for keys renamed after a release: an old config fails naming the new key.
+RENAMED_KEYS: dict[str, str] = {}
 
 # YAML 1.1 (PyYAML) reads a float only with a dot and a signed exponent (1.0e-4); YAML 1.2 and JSON also read
 # 1e-4, 2E3, 1.5e3.
@@ -171,6 +173,9 @@ def _build(cls: type, tree: dict, prefix: str, sources: dict[str, str]) -> Any:
     values = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
+        if dotted in RENAMED_KEYS:
+            raise DetkitError(f"config key {dotted!r} in {sources.get(dotted, COMMAND_LINE)} is now "
+                              f"{RENAMED_KEYS[dotted]!r}; rename it")
         if key not in fields:
             valid = [f"{prefix}{name}" for name in fields]
             close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)

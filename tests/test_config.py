@@ -118,3 +118,17 @@ def test_provenance_is_a_config_field_not_a_key():
     assert "sources" not in config_to_dict(cfg) and "user_keys" not in config_to_dict(cfg)
     with pytest.raises(DetkitError, match="unknown config key 'sources'"):
         load_config(None, ["sources={}"])
+
+
+def test_a_renamed_key_is_an_error_naming_the_new_key(monkeypatch, tmp_path):
+    import pytest
+
+    import detkit.config as config
+    from detkit.errors import DetkitError
+
+    monkeypatch.setitem(config.RENAMED_KEYS, "model.rpn.nms_iou", "model.rpn.nms_thresh")
+    (tmp_path / "old.yaml").write_text("model:\n  rpn:\n    nms_iou: 0.6\n")
+    with pytest.raises(DetkitError, match=r"'model.rpn.nms_iou' in .*old.yaml is now 'model.rpn.nms_thresh'"):
+        config.load_config(tmp_path / "old.yaml")
+    with pytest.raises(DetkitError, match=r"'model.rpn.nms_iou' in the command line is now 'model.rpn.nms_thresh'"):
+        config.load_config(None, ["model.rpn.nms_iou=0.6"])
