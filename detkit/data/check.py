@@ -4,6 +4,11 @@ Checks per image: the file decodes (within data.max_image_pixels), its decoded s
 and every box is finite, non-degenerate (x1 < x2, y1 < y2) and inside the image (1 px of slack, as VOC's
 1-based corners map to 0-based continuous pixels), with a label in 1..K. An annotation file that cannot be parsed
 at all is still reported by the dataset itself, in one line, when the split is built.
+
+A split with a proposal store (data.<split>.proposals) has its store checked too, reading only what is there:
+meta.json is whole and records the config's proposals.* settings and the split's file names, every image has a
+proposal file, and every file holds valid boxes (detkit.data.proposal_store.validate_boxes). A missing store or
+missing images are reported (tools/propose.py fills them), never filled here.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detkit.data.base import DetectionDataset, ImageRecord
+from detkit.data.proposal_store import ProposalStore, settings_mismatch
 from detkit.data.image_io import read_image, set_max_image_pixels
 from detkit.errors import DetkitError
 
@@ -58,16 +64,85 @@ def check_datasets(datasets: dict[str, DetectionDataset], workers: int = 2, prog
     return problems
 
 
+def check_store(store: ProposalStore, dataset: DetectionDataset, settings: dict[str, Any] | None,
+                max_listed: int = 3) -> list[str]:
+    """The problems of a proposal store for a dataset (each a sentence naming the store or file), reading only what
+    is there; ``settings`` are the ones the config asks for (None: not compared)."""
+    where = f"proposal store {store.root}"
+    if not store.root.is_dir():
+        return [f"{where} does not exist; tools/propose.py CONFIG fills it"]
+    try:
+        meta = store.read_meta()
+    except DetkitError as error:
+        return [str(error)]
+    problems = []
+    if meta is None:
+        if store.stored_ids():
+            problems.append(f"{where} holds proposal files but no meta.json, so the settings they were made with are "
+                            f"unknown; rebuild it with tools/propose.py --rebuild")
+        else:
+            return [f"{where} is empty; tools/propose.py CONFIG fills it"]
+    else:
+        mismatch = settings and settings_mismatch(meta["settings"], settings)
+        if mismatch:
+            problems.append(f"{where} was made with {mismatch} (the config's proposals.* settings); training refuses "
+                            f"it: use another folder or rebuild it with tools/propose.py --rebuild")
+        for record in dataset.records:
+            known = meta["images"].get(str(record.image_id), record.file_name)
+            if known != record.file_name:
+                problems.append(f"{where} holds image id {record.image_id} for {known!r}, but the dataset's image "
+                                f"{record.image_id} is {record.file_name!r}")
+    missing = [r for r in dataset.records if not store.has(r.image_id)]
+    if missing:
+        listed = ", ".join(f"{r.image_id} ({r.file_name})" for r in missing[:max_listed])
+        more = f" and {len(missing) - max_listed} more" if len(missing) > max_listed else ""
+        problems.append(f"{where} lacks {len(missing)} of {len(dataset.records)} images: image id {listed}{more}; "
+                        f"tools/propose.py CONFIG fills them")
+    for record in dataset.records:
+        if store.has(record.image_id):
+            try:
+                store.load(record.image_id, (record.height, record.width))
+            except DetkitError as error:
+                problems.append(str(error))
+    return problems
+
+
+def _config_settings(cfg: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The store settings cfg.proposals asks for, or (None, the reason they cannot be known)."""
+    from detkit.data.proposals import proposal_settings
+
+    p = cfg.proposals
+    try:
+        return proposal_settings(method=p.method, mode=p.mode, max_side=p.max_side, min_size=p.min_size,
+                                 top_k=p.top_k, rpn_weights=p.rpn_weights), None
+    except DetkitError as error:
+        return None, str(error)
+
+
 def check_config_data(cfg: Any) -> int:
-    """Check both splits of a config; print every problem and a summary; return 0 when clean, else 1."""
-    from detkit.engine.workflow import build_split
+    """Check both splits of a config and their proposal stores; print every problem and a summary; return 0 when
+    clean, else 1. Nothing is written: a missing store is reported, not filled."""
+    from detkit.data import build_dataset
 
     set_max_image_pixels(cfg.data.max_image_pixels)
-    datasets = {split: build_split(cfg, split) for split in ("train", "test")}
+    datasets = {}
+    for split in ("train", "test"):
+        d = getattr(cfg.data, split)
+        datasets[split] = build_dataset(d.format, d.root, d.split, d.ann_file, train=split == "train",
+                                        skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
     problems = check_datasets(datasets, workers=max(1, cfg.data.num_workers))
+    stores = 0
+    for split, dataset in datasets.items():
+        root = getattr(cfg.data, split).proposals
+        if root:
+            stores += 1
+            settings, reason = _config_settings(cfg)
+            problems += [f"[{split}] {reason}"] if reason else []
+            problems += [f"[{split}] {item}" for item in check_store(ProposalStore(root), dataset, settings)]
     for problem in problems:
         print(problem)
     total = sum(len(ds) for ds in datasets.values())
-    print(f"check data: {len(problems)} problem(s) among {total} images" if problems
-          else f"check data: all {total} images decode and their annotations are valid")
+    also = f" and {stores} proposal store(s)" if stores else ""
+    print(f"check data: {len(problems)} problem(s) among {total} images{also}" if problems
+          else f"check data: all {total} images decode and their annotations{also} are valid")
     return 1 if problems else 0

@@ -157,6 +157,9 @@ class ProposalStore:
             self._meta_read = True
         where = f"proposal file {path}"
         try:
+            with open(path, "rb") as f:
+                if not f.read(6).startswith(b"\x93NUMPY"):  # else numpy's message is about pickled data
+                    raise ValueError("not a .npy file: overwritten or not written by detkit")
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as error:
             raise DetkitError(f"{where} is unreadable ({error}); delete it and {self.fill_hint}") from error

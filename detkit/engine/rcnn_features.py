@@ -69,6 +69,7 @@ class FeatureCache:
         arrays: dict[str, np.ndarray] = {}
         for name, path in paths.items():
             try:
+                _check_magic(path)
                 if name == "boxes":
                     with np.load(path, allow_pickle=False) as meta:
                         arrays.update({key: meta[key] for key in ("boxes", "gt_labels", "gt_ignore")})
@@ -88,6 +89,17 @@ class FeatureCache:
     def _refill(self, stem: Path) -> str:
         return (f"delete this image's files ({stem}.*) and the features stage's {self.root.parent / 'stage_done.json'}"
                 f", then rerun train.py with --resume to compute them again")
+
+
+def _check_magic(path: Path) -> None:
+    """ValueError when the file does not start as an .npy or .npz (zip) file does (else numpy's message is about
+    pickled data); OSError when it cannot be opened."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    magic = b"PK" if path.suffix == ".npz" else b"\x93NUMPY"
+    if not head.startswith(magic):
+        raise ValueError(f"not {'an' if path.suffix == '.npz' else 'a'} {path.suffix} file: overwritten or not "
+                         f"written by detkit")
 
 
 def check_cached_image(arrays: dict[str, np.ndarray]) -> None:

@@ -82,4 +82,4 @@ def test_a_damaged_cache_file_is_one_line_naming_it_and_how_to_recompute(tmp_pat
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"feature cache file {path}")
     assert f"{cache.root / '7'}.*" in message and str(tmp_path / "3_features" / "stage_done.json") in message
-    assert "rerun train.py with --resume" in message
+    assert "rerun train.py with --resume" in message and "pickle" not in message
