@@ -140,3 +140,19 @@ def test_a_killed_rank_and_a_rerun_complete_the_store(voc, reference, tmp_path):
     assert len(list(store.glob("*.npy"))) < NUM_IMAGES
     finish(propose(cfg, "--workers", "1"))  # the rerun, here with one process
     assert_same_store(store, reference)
+
+
+def test_a_store_without_meta_json_is_refused_until_rebuild(voc, reference, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("1.npy", "2.npy"):
+        (store / name).write_bytes((reference / name).read_bytes())
+    cfg = config(voc, store)
+    proc = propose(cfg)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"propose.py: error: proposal store {store} holds 2 proposal files but no meta.json")
+    assert sorted(p.name for p in store.iterdir()) == ["1.npy", "2.npy"]  # nothing written, nothing deleted
+    out, _ = finish(propose(cfg, "--rebuild"))
+    assert f"--rebuild: 2 file(s) of {store} deleted" in out
+    assert_same_store(store, reference)
