@@ -10,7 +10,8 @@ Why one ``.npy`` file per image rather than shards or one pickle (detectron2's l
 one atomic rename, so a killed run loses at most the images in flight and resumes without a journal; a data loader
 worker reads one small file by image id (memory-mappable) instead of loading the whole split; and VOC (5k images)
 or COCO (118k) file counts are well within what a file system lists quickly. A sharded layout would have to
-rewrite or append to shards to resume.
+rewrite or append to shards to resume. The store's folder (files validated where read, many writers at once) is
+detkit.data.proposal_store; this module fills it.
 """
 from __future__ import annotations
 
@@ -72,8 +73,8 @@ def finish_boxes(boxes: np.ndarray, height: int, width: int, min_size: float, to
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    width_, height_ = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    wide = (width_ >= min_size) & (height_ >= min_size) & (width_ > 0) & (height_ > 0)  # a store holds no empty box
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    wide = (w >= min_size) & (h >= min_size) & (w > 0) & (h > 0)  # with min_size 0 too: a store holds no empty box
     boxes = boxes[wide]
     _, first = np.unique(boxes, axis=0, return_index=True)
     return boxes[np.sort(first)][:top_k]
