@@ -274,7 +274,10 @@ def _recall(dataset: Any, store: ProposalStore, fresh: bool) -> dict[str, float]
             recall = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError):
             recall = None  # damaged: computed again below
-        if isinstance(recall, dict) and recall.get("images") == len(dataset.image_ids):
+        keys = [f"AR@{n}" for n in AR_LIMITS] + [f"recall@{iou}" for iou in RECALL_IOUS] + ["boxes_per_image",
+                                                                                             "gt_boxes"]
+        if isinstance(recall, dict) and recall.get("images") == len(dataset.image_ids) and all(
+                isinstance(recall.get(k), (int, float)) for k in keys):
             return recall
     proposals, gt_boxes = [], []
     for i, image_id in enumerate(dataset.image_ids):

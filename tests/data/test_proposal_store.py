@@ -236,3 +236,12 @@ def test_workers_are_capped_at_the_cores_of_each_rank(monkeypatch, caplog):
     assert caplog.messages == ["proposals.workers=16 but this process has 2 core(s): using 2 worker process(es)"]
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert props.available_workers() == 1 and cap_workers(16) == 1
+
+
+@pytest.mark.parametrize("content", ["[]", "{\"images\": 5}", "not json"])
+def test_a_damaged_recall_json_is_computed_again(filled, content):
+    dataset, store = filled
+    good = json.loads((store.root / "recall.json").read_text())
+    (store.root / "recall.json").write_text(content)
+    assert propose_dataset(dataset, store.root, progress=False) == good
+    assert json.loads((store.root / "recall.json").read_text()) == good
