@@ -19,7 +19,8 @@ from torch import nn
 from detkit import ops
 from detkit.config import Config
 from detkit.data import build_dataset
-from detkit.data.check import check_datasets
+from detkit.data.check import check_datasets, check_store
+from detkit.data.proposal_store import ProposalStore
 from detkit.data.classes import ClassList, apply_class_list, trained_class_list
 from detkit.data.image_io import set_max_image_pixels
 from detkit.data.transforms import build_transforms
@@ -136,14 +137,40 @@ def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | N
     return store.root
 
 
+def _config_settings(cfg: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The store settings cfg.proposals asks for, or (None, the reason they cannot be known)."""
+    from detkit.data.proposals import proposal_settings
+
+    p = cfg.proposals
+    try:
+        return proposal_settings(method=p.method, mode=p.mode, max_side=p.max_side, min_size=p.min_size,
+                                 top_k=p.top_k, rpn_weights=p.rpn_weights), None
+    except DetkitError as error:
+        return None, str(error)
+
+
 def check_config_data(cfg: Any) -> int:
-    """Check both splits of a config; print every problem and a summary; return 0 when clean, else 1."""
+    """Check both splits of a config and their proposal stores; print every problem and a summary; return 0 when
+    clean, else 1. Nothing is written: a missing store is reported, not filled."""
     set_max_image_pixels(cfg.data.max_image_pixels)
-    datasets = {split: build_split(cfg, split) for split in ("train", "test")}
+    datasets = {}
+    for split in ("train", "test"):
+        d = getattr(cfg.data, split)
+        datasets[split] = build_dataset(d.format, d.root, d.split, d.ann_file, train=split == "train",
+                                        skip_corrupt=cfg.data.skip_corrupt, demo_cache=cfg.data.demo_cache)
     problems = check_datasets(datasets, workers=max(1, cfg.data.num_workers))
+    stores = 0
+    for split, dataset in datasets.items():
+        root = getattr(cfg.data, split).proposals
+        if root:
+            stores += 1
+            settings, reason = _config_settings(cfg)
+            problems += [f"[{split}] {reason}"] if reason else []
+            problems += [f"[{split}] {item}" for item in check_store(ProposalStore(root), dataset, settings)]
     for problem in problems:
         print(problem)
     total = sum(len(ds) for ds in datasets.values())
-    print(f"check data: {len(problems)} problem(s) among {total} images" if problems
-          else f"check data: all {total} images decode and their annotations are valid")
+    also = f" and {stores} proposal store(s)" if stores else ""
+    print(f"check data: {len(problems)} problem(s) among {total} images{also}" if problems
+          else f"check data: all {total} images decode and their annotations{also} are valid")
     return 1 if problems else 0

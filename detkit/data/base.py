@@ -29,9 +29,10 @@ Transform = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
 class ProposalSource(Protocol):
-    """Per-image proposals by image id (detkit.data.proposals.ProposalStore): (P, 4) float32 stored-image pixels."""
+    """Per-image proposals by image id (detkit.data.proposals.ProposalStore): (P, 4) float32 stored-image pixels,
+    validated against the image's (H, W)."""
 
-    def load(self, image_id: int) -> np.ndarray: ...
+    def load(self, image_id: int, image_size: tuple[int, int]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class DetectionDataset(Dataset):
             raise DetkitError(f"Image file {record.path} is {image.shape[0]}x{image.shape[1]} (HxW) but its "
                               f"annotation says {record.height}x{record.width}.")
         boxes, labels, ignore = record.boxes, record.labels, record.ignore
-        proposals = None if self.proposals is None else self.proposals.load(record.image_id)
+        proposals = None if self.proposals is None else self.proposals.load(record.image_id, (record.height, record.width))
         seed = index if seed is None else seed
         if self.transforms is not None and proposals is not None:
             image, boxes, labels, ignore, proposals = self.transforms(image, boxes, labels, ignore, seed=seed,

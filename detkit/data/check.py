@@ -4,16 +4,23 @@ Checks per image: the file decodes (within data.max_image_pixels), its decoded s
 and every box is finite, non-degenerate (x1 < x2, y1 < y2) and inside the image (1 px of slack, as VOC's
 1-based corners map to 0-based continuous pixels), with a label in 1..K. An annotation file that cannot be parsed
 at all is still reported by the dataset itself, in one line, when the split is built.
+
+A split with a proposal store (data.<split>.proposals) has its store checked too, reading only what is there:
+meta.json is whole and records the config's proposals.* settings and the split's file names, every image has a
+proposal file, and every file holds valid boxes (detkit.data.proposal_store.validate_boxes). A missing store or
+missing images are reported (tools/propose.py fills them), never filled here.
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from detkit.data.base import DetectionDataset, ImageRecord
 from detkit.data.image_io import read_image
+from detkit.data.proposal_store import ProposalStore, settings_mismatch
 from detkit.errors import DetkitError
 
 BOX_SLACK = 1.0  # pixels a box may extend past the image border before it counts as a problem
@@ -54,4 +61,47 @@ def check_datasets(datasets: dict[str, DetectionDataset], workers: int = 2, prog
         found = pool.map(lambda job: check_record(job[1], job[2]), jobs)
         for (name, _, _), items in tqdm(zip(jobs, found), total=len(jobs), desc="check data", disable=not progress):
             problems += [f"[{name}] {item}" for item in items]
+    return problems
+
+
+def check_store(store: ProposalStore, dataset: DetectionDataset, settings: dict[str, Any] | None,
+                max_listed: int = 3) -> list[str]:
+    """The problems of a proposal store for a dataset (each a sentence naming the store or file), reading only what
+    is there; ``settings`` are the ones the config asks for (None: not compared)."""
+    where = f"proposal store {store.root}"
+    if not store.root.is_dir():
+        return [f"{where} does not exist; tools/propose.py CONFIG fills it"]
+    try:
+        meta = store.read_meta()
+    except DetkitError as error:
+        return [str(error)]
+    problems = []
+    if meta is None:
+        if store.stored_ids():
+            problems.append(f"{where} holds proposal files but no meta.json, so the settings they were made with are "
+                            f"unknown; rebuild it with tools/propose.py --rebuild")
+        else:
+            return [f"{where} is empty; tools/propose.py CONFIG fills it"]
+    else:
+        mismatch = settings and settings_mismatch(meta["settings"], settings)
+        if mismatch:
+            problems.append(f"{where} was made with {mismatch} (the config's proposals.* settings); training refuses "
+                            f"it: use another folder or rebuild it with tools/propose.py --rebuild")
+        for record in dataset.records:
+            known = meta["images"].get(str(record.image_id), record.file_name)
+            if known != record.file_name:
+                problems.append(f"{where} holds image id {record.image_id} for {known!r}, but the dataset's image "
+                                f"{record.image_id} is {record.file_name!r}")
+    missing = [r for r in dataset.records if not store.has(r.image_id)]
+    if missing:
+        listed = ", ".join(f"{r.image_id} ({r.file_name})" for r in missing[:max_listed])
+        more = f" and {len(missing) - max_listed} more" if len(missing) > max_listed else ""
+        problems.append(f"{where} lacks {len(missing)} of {len(dataset.records)} images: image id {listed}{more}; "
+                        f"tools/propose.py CONFIG fills them")
+    for record in dataset.records:
+        if store.has(record.image_id):
+            try:
+                store.load(record.image_id, (record.height, record.width))
+            except DetkitError as error:
+                problems.append(str(error))
     return problems

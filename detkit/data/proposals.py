@@ -10,14 +10,18 @@ Why one ``.npy`` file per image rather than shards or one pickle (detectron2's l
 one atomic rename, so a killed run loses at most the images in flight and resumes without a journal; a data loader
 worker reads one small file by image id (memory-mappable) instead of loading the whole split; and VOC (5k images)
 or COCO (118k) file counts are well within what a file system lists quickly. A sharded layout would have to
-rewrite or append to shards to resume.
+rewrite or append to shards to resume. The store's folder (files validated where read, many writers at once) is
+detkit.data.proposal_store; this module fills it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
+import os
 from contextlib import closing
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,86 +31,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from detkit.atomic import atomic_write, write_json
+from detkit.atomic import write_json
 from detkit.data.image_io import read_image, to_tensor
 from detkit.errors import DetkitError
 from detkit.evaluation.recall import AR_LIMITS, proposal_recall
 from detkit.modeling.proposals.selective_search import finish_boxes, propose_image  # noqa: F401 (re-exported)
+from detkit.data.proposal_store import META_FILE, RECALL_FILE, ProposalStore  # noqa: F401 (API)
 
-META_FILE = "meta.json"
-RECALL_FILE = "recall.json"
+logger = logging.getLogger(__name__)
 RECALL_IOUS = (0.5, 0.7)  # the IoU the detector trains positives at (0.5) and a stricter one (0.7)
-
-
-class ProposalStore:
-    """A folder of per-image proposals keyed by dataset image id (see the module docstring)."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def _path(self, image_id: int) -> Path:
-        return self.root / f"{int(image_id)}.npy"
-
-    def has(self, image_id: int) -> bool:
-        """Whether the store holds image ``image_id``'s proposals."""
-        return self._path(image_id).is_file()
-
-    def load(self, image_id: int) -> np.ndarray:
-        """(P, 4) float32 boxes of image ``image_id`` in stored-image pixels."""
-        path = self._path(image_id)
-        if not path.is_file():
-            raise DetkitError(f"proposal store {self.root} has no proposals for image id {image_id} "
-                              f"(fill it with tools/propose.py)")
-        try:
-            boxes = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise DetkitError(f"proposal file {path} is unreadable ({error}); delete it and run tools/propose.py "
-                              f"again") from error
-        if boxes.ndim != 2 or boxes.shape[1] != 4:
-            raise DetkitError(f"proposal file {path} holds shape {boxes.shape}, not (P, 4)")
-        return boxes.astype(np.float32, copy=False)
-
-    def save(self, image_id: int, boxes: np.ndarray) -> None:
-        """Writes image ``image_id``'s (P, 4) boxes atomically (temporary file, then rename)."""
-        boxes = np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1, 4)
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(image_id)
-        atomic_write(path, lambda f: np.save(f, boxes, allow_pickle=False), durable=False)
-
-    def remove_partial_files(self) -> None:
-        """Deletes temporary files a killed writer left behind."""
-        if self.root.is_dir():
-            for tmp in self.root.glob("*.tmp*"):
-                tmp.unlink(missing_ok=True)
-
-    def read_meta(self) -> dict[str, Any] | None:
-        """The store's meta.json, or None for a new store."""
-        path = self.root / META_FILE
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise DetkitError(f"proposal store {self.root}: {META_FILE} is malformed ({error})") from error
-
-    def bind(self, settings: dict[str, Any], images: dict[int, str]) -> None:
-        """Records settings and image file names in a new store; in an existing one, checks that they agree."""
-        meta = self.read_meta() or {"settings": settings, "images": {}}
-        old = meta["settings"]
-        for key in sorted(set(old) | set(settings)):
-            if old.get(key) != settings.get(key):
-                raise DetkitError(f"proposal store {self.root} was made with {key}={old.get(key)!r}, not "
-                                  f"{settings.get(key)!r}; use another store folder or delete this one")
-        known = meta["images"]
-        for image_id, name in images.items():
-            if known.get(str(image_id), name) != name:
-                raise DetkitError(f"proposal store {self.root} holds image id {image_id} for "
-                                  f"{known[str(image_id)]!r}, but the dataset's image {image_id} is {name!r}; "
-                                  f"use another store folder or delete this one")
-        if self.read_meta() is None or any(str(i) not in known for i in images):
-            known.update({str(i): name for i, name in images.items()})
-            self.root.mkdir(parents=True, exist_ok=True)
-            _write_json(self.root / META_FILE, meta)
+WAIT_POLL_S = 0.5  # how often a rank that finished its share looks for the other ranks' files
 
 
 def proposal_settings(*, method: str = "selective_search", mode: str = "fast", max_side: int = 500,
@@ -142,10 +76,32 @@ def rpn_propose_image(model: nn.Module, image: np.ndarray, *, min_size: float = 
     return finish_boxes(boxes, height, width, min_size, top_k)
 
 
-def _search_task(task: tuple[int, str, str, int, float, int]) -> tuple[int, np.ndarray]:
-    """Pool task: (image id, path, mode, max_side, min_size, top_k) -> (image id, boxes)."""
-    image_id, path, mode, max_side, min_size, top_k = task
+def _search_task(task: tuple[int, str, str, int, float, int, str]) -> tuple[int, np.ndarray | None]:
+    """Pool task: (image id, path, mode, max_side, min_size, top_k, store file) -> (image id, boxes), or None
+    boxes when another writer stored the image meanwhile."""
+    image_id, path, mode, max_side, min_size, top_k, stored = task
+    if os.path.exists(stored):
+        return image_id, None
     return image_id, propose_image(read_image(path), mode=mode, max_side=max_side, min_size=min_size, top_k=top_k)
+
+
+def available_workers() -> int:
+    """The cores this process may use (its CPU affinity), divided among the ranks torchrun starts on this machine
+    (LOCAL_WORLD_SIZE), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
+
+
+def cap_workers(workers: int) -> int:
+    """``workers`` capped at available_workers(), with a warning when capped (more processes than cores only
+    slow the search down: each runs one OpenCV thread)."""
+    cores = available_workers()
+    if workers > cores:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        per = f" per rank ({local} ranks on this machine)" if local > 1 else ""
+        logger.warning("proposals.workers=%d but this process has %d core(s)%s: using %d worker process(es)",
+                       workers, cores, per, cores)
+    return max(1, min(workers, cores))
 
 
 def _init_worker() -> None:
@@ -160,44 +116,101 @@ def _init_worker() -> None:
 def propose_dataset(dataset: Any, store: ProposalStore | str | Path, *, mode: str = "fast", max_side: int = 500,
                     min_size: float = 1.0, top_k: int = 2000, workers: int = 1, rpn_model: nn.Module | None = None,
                     rpn_weights: str | Path | None = None, device: str | torch.device = "cpu",
-                    progress: bool = True, method: str | None = None) -> dict[str, float] | None:
+                    progress: bool = True, method: str | None = None, rebuild: bool = False
+                    ) -> dict[str, float] | None:
     """Fills the images of ``dataset`` missing from ``store``; returns (and writes) recall.json when it has boxes.
 
-    ``dataset`` needs ``image_ids``, ``image_path(i)``, ``records`` (file names) and ``target(i)``. With
+    ``dataset`` needs ``image_ids``, ``image_path(i)``, ``records`` (file names and sizes) and ``target(i)``. With
     ``rpn_model`` (and its ``rpn_weights`` path, recorded in the store) the RPN proposes, in this process.
     ``method`` defaults to 'rpn' with an rpn_model, else 'selective_search'; method 'rpn' on a complete store
-    needs no model.
+    needs no model. ``workers`` is capped at the cores of this process (available_workers). ``rebuild`` first
+    deletes the store's own files (a store whose meta.json is missing or damaged is refused without it).
+
+    Under a torch.distributed process group every rank must call this: the missing images are shared among the
+    ranks (rank r takes every W-th), rank 0 computes the recall once all images are stored, and every rank returns
+    it. Other writers (another group, another machine) may fill the same folder at the same time.
+    Raises DetkitError for a store of other settings or images, or a damaged store.
     """
     store = store if isinstance(store, ProposalStore) else ProposalStore(store)
     method = method or ("rpn" if rpn_model is not None else "selective_search")
     settings = proposal_settings(method=method, mode=mode, max_side=max_side, min_size=min_size, top_k=top_k,
                                  rpn_weights=rpn_weights)
+    rank, world = _rank_and_world()
+    if rebuild:
+        if rank == 0:
+            store.clear()
+        _barrier(world)
     store.bind(settings, {r.image_id: r.file_name for r in dataset.records})
     store.remove_partial_files()
-    todo = [(image_id, str(dataset.image_path(i))) for i, image_id in enumerate(dataset.image_ids)
-            if not store.has(image_id)]
+    missing = _agreed([(image_id, str(dataset.image_path(i))) for i, image_id in enumerate(dataset.image_ids)
+                       if not store.has(image_id)], world)
+    todo = missing[rank::world]
     if todo and method == "rpn" and rpn_model is None:
-        raise DetkitError(f"proposal store {store.root} lacks {len(todo)} images and method 'rpn' needs the model")
-    bar = tqdm(total=len(dataset.image_ids), initial=len(dataset.image_ids) - len(todo), unit="img",
-               desc=f"proposals {store.root}", disable=not progress or not todo, dynamic_ncols=True)
-    with bar, closing(_proposals(todo, settings, workers, rpn_model, device)) as results:
+        raise DetkitError(f"proposal store {store.root} lacks {len(missing)} images and method 'rpn' needs the model")
+    total = len(dataset.image_ids) if world == 1 else len(todo)
+    bar = tqdm(total=total, initial=total - len(todo), unit="img", desc=f"proposals {store.root}",
+               disable=not progress or not todo or rank != 0, dynamic_ncols=True)
+    with bar, closing(_proposals(todo, store, settings, cap_workers(workers), rpn_model, device)) as results:
         for image_id, boxes in results:
-            store.save(image_id, boxes)
+            if boxes is not None:
+                store.save(image_id, boxes)
             bar.update(1)
-    return _recall(dataset, store, fresh=not todo)
+    if world > 1:
+        _wait_for_images(store, [image_id for image_id, _ in missing])
+        recall = _recall(dataset, store, fresh=not missing) if rank == 0 else None
+        _barrier(world)  # recall.json is written
+        return recall if rank == 0 else _recall(dataset, store, fresh=True)
+    return _recall(dataset, store, fresh=not missing)
 
 
-def _proposals(todo: list[tuple[int, str]], settings: dict[str, Any], workers: int, rpn_model: nn.Module | None,
-               device: str | torch.device):
-    """Yields (image id, boxes) for every (image id, path) in todo, in a process pool when workers > 1."""
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _agreed(missing: list[Any], world: int) -> list[Any]:
+    """Rank 0's list of missing images on every rank, so the shares cover each image exactly once even when a rank
+    looks at the store after another one stored its first images."""
+    if world == 1:
+        return missing
+    import torch.distributed as dist
+
+    box = [missing]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _wait_for_images(store: ProposalStore, image_ids: list[int]) -> None:
+    """Returns once every image is stored: the other ranks' shares, however long they take (a collective would
+    time out; a rank that fails ends the whole group through its launcher)."""
+    for image_id in image_ids:
+        while not store.has(image_id):
+            time.sleep(WAIT_POLL_S)
+
+
+def _proposals(todo: list[tuple[int, str]], store: ProposalStore, settings: dict[str, Any], workers: int,
+               rpn_model: nn.Module | None, device: str | torch.device):
+    """Yields (image id, boxes) for every (image id, path) in todo, in a process pool when workers > 1; boxes are
+    None for an image another writer stored meanwhile."""
     if rpn_model is not None:
         rpn_model.to(device).eval()
         for image_id, path in todo:
             yield image_id, rpn_propose_image(rpn_model, read_image(path), min_size=settings["min_size"],
                                               top_k=settings["top_k"], device=device)
         return
-    tasks = [(image_id, path, settings["mode"], settings["max_side"], settings["min_size"], settings["top_k"])
-             for image_id, path in todo]
+    tasks = [(image_id, path, settings["mode"], settings["max_side"], settings["min_size"], settings["top_k"],
+              str(store.root / f"{image_id}.npy")) for image_id, path in todo]
     if workers <= 1 or len(tasks) <= 1:
         # One OpenCV thread here too: a pool of OpenCV threads in this process would hang the DataLoader workers
         # that training forks next (cv2.setNumThreads in a forked child waits on the parent's pool forever).
@@ -222,12 +235,19 @@ def _recall(dataset: Any, store: ProposalStore, fresh: bool) -> dict[str, float]
         return None
     path = store.root / RECALL_FILE
     if fresh and path.is_file():
-        recall = json.loads(path.read_text())
-        if recall.get("images") == len(dataset.image_ids):
+        try:
+            recall = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            recall = None  # damaged: computed again below
+        keys = [f"AR@{n}" for n in AR_LIMITS] + [f"recall@{iou}" for iou in RECALL_IOUS] + ["boxes_per_image",
+                                                                                             "gt_boxes"]
+        if isinstance(recall, dict) and recall.get("images") == len(dataset.image_ids) and all(
+                isinstance(recall.get(k), (int, float)) for k in keys):
             return recall
     proposals, gt_boxes = [], []
     for i, image_id in enumerate(dataset.image_ids):
-        proposals.append(torch.from_numpy(store.load(image_id)))
+        record = dataset.records[i]
+        proposals.append(torch.from_numpy(store.load(image_id, (record.height, record.width))))
         target = dataset.target(i)
         gt_boxes.append(target["boxes"][~target["ignore"]])
     recall = recall_summary(proposals, gt_boxes)

@@ -133,7 +133,9 @@ def alternating_stages(cfg: Config, train_set: Any, device: torch.device, *, pro
         if step2_starts_from_step1(cfg):
             load_model_weights(out / "1_rpn" / FINAL, model.backbone, prefix="backbone.")  # body and FPN, strict
         with_proposals = copy.copy(train_set)
-        with_proposals.proposals = ProposalStore(store)
+        with_proposals.proposals = ProposalStore(store, fill_hint=(  # step 1's RPN fills it, not tools/propose.py
+            f"delete {out / '1_proposals' / 'stage_done.json'} and rerun train.py with --resume to fill it again "
+            f"from step 1's RPN"))
         return fit(cfg, model, with_proposals, device, folder, resume, max_iter=iters[1], base_lr=lrs[1],
                    progress=progress)
 

@@ -78,7 +78,7 @@ class _Store:
     def __init__(self, boxes):
         self.boxes = boxes
 
-    def load(self, image_id):
+    def load(self, image_id, image_size):
         return self.boxes[image_id]
 
 

@@ -229,3 +229,24 @@ def test_box_regression_targets_come_from_detached_proposals():
     sampled, labels, regression_targets = heads.sample_proposals(proposals, targets)
     assert sampled[0].requires_grad and not regression_targets.requires_grad  # pooled from, not pulled by, the target
     assert (labels > 0).any()
+
+
+def test_step_2_missing_proposals_say_that_the_proposals_stage_refills_them(tmp_path, monkeypatch):
+    """Issue 21 item 5: step 2's store is filled by the run itself (from step 1's RPN), not by tools/propose.py."""
+    from detkit.data.voc import VOCDataset
+    from detkit.recipes import alternating as schedules
+
+    cfg = load_config(DEMO, [f"output_dir={tmp_path / 'run'}", *TINY, *ALT, "model.class_names=[cell]"])
+    seen = []
+    monkeypatch.setattr(schedules, "load_model_weights", lambda *a, **k: None)
+    monkeypatch.setattr(schedules, "fit", lambda cfg, model, train_set, *a, **k: seen.append(train_set) or {})
+    stages = {s.name: s for s in schedules.alternating_stages(
+        cfg, VOCDataset(tiny_voc(tmp_path / "voc", count=2), "trainval"), torch.device("cpu"), progress=False)}
+    stages["2_fast_rcnn"].run(tmp_path / "run" / "2_fast_rcnn", False)
+    with pytest.raises(DetkitError) as error:
+        seen[0][0]
+    done = tmp_path / "run" / "1_proposals" / "stage_done.json"
+    assert str(error.value) == (f"proposal store {tmp_path / 'run' / '1_proposals' / 'train'} has no proposals for "
+                                f"image id 1; delete {done} and rerun train.py with --resume to fill it again from "
+                                f"step 1's RPN")
+    assert "propose.py" not in str(error.value)

@@ -61,11 +61,13 @@ def selective_search(image: np.ndarray, mode: str = "fast", max_proposals: int =
 
 
 def finish_boxes(boxes: np.ndarray, height: int, width: int, min_size: float, top_k: int) -> np.ndarray:
-    """Clips to the image, drops boxes under min_size pixels and exact duplicates (first kept), keeps top_k."""
+    """Clips to the image, drops boxes under min_size pixels or with no area and exact duplicates (first kept),
+    keeps top_k."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    wide = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    wide = (w >= min_size) & (h >= min_size) & (w > 0) & (h > 0)  # with min_size 0 too: a store holds no empty box
     boxes = boxes[wide]
     _, first = np.unique(boxes, axis=0, return_index=True)
     return boxes[np.sort(first)][:top_k]

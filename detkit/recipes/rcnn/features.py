@@ -2,12 +2,13 @@
 
 Per image id, in the cache folder: ``<id>.fc7.npy`` (R, D) and ``<id>.pool5.npy`` (R, D5) float16, read back
 memory-mapped, and ``<id>.boxes.npz`` with ``boxes`` (R, 4) float32 x1, y1, x2, y2 in stored-image pixels (the
-image's ground-truth boxes first, then its proposals), ``gt_labels`` (G,) int64 (1..K), ``gt_ignore`` (G,) bool and
-``num_gt``. The boxes file is written last, atomically, so an image counts as cached only when all three exist:
-a killed run resumes at the first image without it.
+image's ground-truth boxes first, then its proposals), ``gt_labels`` (G,) int64 (1..K) and ``gt_ignore`` (G,) bool
+(G = ``len(gt_labels)``). The boxes file is written last, atomically, so an image counts as cached only when all
+three exist: a killed run resumes at the first image without it. Every file is validated when it is read.
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from detkit.atomic import atomic_write
+from detkit.errors import DetkitError
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,70 @@ class FeatureCache:
             f, boxes=boxes.astype(np.float32), gt_labels=gt_labels.astype(np.int64), gt_ignore=gt_ignore.astype(bool)))
 
     def load(self, image_id: int) -> CachedImage:
-        """One image's regions, features memory-mapped."""
+        """One image's regions, features memory-mapped; each file validated (see check_cached_image).
+
+        Raises DetkitError naming the file when one is missing, unreadable (truncated, not .npy / .npz) or holds
+        other shapes, dtypes or row counts than the module docstring states, or boxes that are not finite.
+        """
         stem = self.root / str(int(image_id))
-        with np.load(f"{stem}.boxes.npz") as meta:
-            boxes, labels, ignore = meta["boxes"], meta["gt_labels"], meta["gt_ignore"]
-        return CachedImage(np.load(f"{stem}.fc7.npy", mmap_mode="r"), np.load(f"{stem}.pool5.npy", mmap_mode="r"),
-                           boxes, labels, ignore)
+        paths = {name: Path(f"{stem}.{name}.{ext}") for name, ext in (("boxes", "npz"), ("fc7", "npy"), ("pool5", "npy"))}
+        arrays: dict[str, np.ndarray] = {}
+        for name, path in paths.items():
+            try:
+                _check_magic(path)
+                if name == "boxes":
+                    with np.load(path, allow_pickle=False) as meta:
+                        arrays.update({key: meta[key] for key in ("boxes", "gt_labels", "gt_ignore")})
+                else:
+                    arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError, KeyError, AttributeError, zipfile.BadZipFile) as error:
+                reason = " ".join(str(error).split()) or type(error).__name__
+                raise DetkitError(f"feature cache file {path} is unreadable ({reason}); "
+                                  f"{self._refill(stem)}") from error
+        try:
+            check_cached_image(arrays)
+        except DetkitError as error:
+            path = paths.get(str(error).split(" ", 1)[0], paths["boxes"])  # the message starts with the array's name
+            raise DetkitError(f"feature cache file {path}: {error}; {self._refill(stem)}") from None
+        return CachedImage(arrays["fc7"], arrays["pool5"], arrays["boxes"], arrays["gt_labels"], arrays["gt_ignore"])
+
+    def _refill(self, stem: Path) -> str:
+        return (f"delete this image's files ({stem}.*) and the features stage's {self.root.parent / 'stage_done.json'}"
+                f", then rerun train.py with --resume to compute them again")
+
+
+def _check_magic(path: Path) -> None:
+    """ValueError when the file does not start as an .npy or .npz (zip) file does (else numpy's message is about
+    pickled data); OSError when it cannot be opened."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    magic = b"PK" if path.suffix == ".npz" else b"\x93NUMPY"
+    if not head.startswith(magic):
+        raise ValueError(f"not {'an' if path.suffix == '.npz' else 'a'} {path.suffix} file: overwritten or not "
+                         f"written by detkit")
+
+
+def check_cached_image(arrays: dict[str, np.ndarray]) -> None:
+    """Raises DetkitError, starting with the array's name (fc7, pool5, boxes, gt_labels, gt_ignore), when one
+    image's cached arrays break the module docstring's shapes, dtypes, row counts or finite boxes."""
+    fc7, pool5, boxes = arrays["fc7"], arrays["pool5"], arrays["boxes"]
+    labels, ignore = arrays["gt_labels"], arrays["gt_ignore"]
+    for name, array in (("fc7", fc7), ("pool5", pool5)):
+        if array.ndim != 2 or array.dtype.kind != "f":
+            raise DetkitError(f"{name} holds {array.dtype} shape {tuple(array.shape)}, not (R, D) floats")
+    if boxes.ndim != 2 or boxes.shape[1:] != (4,) or boxes.dtype.kind != "f":
+        raise DetkitError(f"boxes holds {boxes.dtype} shape {tuple(boxes.shape)}, not (R, 4) float32")
+    if not np.isfinite(boxes).all():
+        raise DetkitError(f"boxes holds {int((~np.isfinite(boxes)).any(axis=1).sum())} boxes that are not finite")
+    for name, array in (("fc7", fc7), ("pool5", pool5)):
+        if len(array) != len(boxes):
+            raise DetkitError(f"{name} holds {len(array)} rows for the {len(boxes)} regions of the boxes file")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or ignore.shape != labels.shape or ignore.dtype != bool:
+        raise DetkitError(f"boxes holds gt_labels {labels.dtype} {tuple(labels.shape)} and gt_ignore {ignore.dtype} "
+                          f"{tuple(ignore.shape)}, not (G,) int64 and (G,) bool")
+    if len(labels) > len(boxes) or (len(labels) and labels.min() < 1):
+        raise DetkitError(f"boxes holds {len(labels)} ground-truth labels (min {labels.min() if len(labels) else '-'})"
+                          f" for {len(boxes)} regions; want at most one per region, each 1..K")
 
 
 def _atomic_save(path: Path, write: Any) -> None:
