@@ -28,8 +28,8 @@ RUN_FILES = ("last.pth", "last.prev.pth", "last.diverged.pth", "model_final.pth"
              "config.yaml", "config_changes.jsonl", "detections_test.json", "detections.png")
 # The files whose presence means a training run already used the folder.
 _RUN_MARKERS = ("last.pth", "model_final.pth", "metrics.jsonl", "config.yaml")
-# Temporary names of detkit.atomic's writer: `.NAME.RANDOM.tmp` (and `NAME.tmp`, from runs of older versions).
-_TEMP_PATTERN = re.compile(r"^(\.(last|last\.prev|model_final)\.pth\..+\.tmp|\.?[\w.]+\.(json|jsonl|yaml)(\.\w+)?\.tmp)$")
+# Temporary names of detkit.atomic's writer: `.NAME.HOST.PID.RANDOM.tmp` (and `NAME.tmp`, from older versions).
+_TEMP_PATTERN = re.compile(r"^(\.(last|last\.prev|model_final)\.pth\..+\.tmp|\.?[\w.]+\.(json|jsonl|yaml)(\.[\w-]+)*\.tmp)$")
 CHANGES_FILE = "config_changes.jsonl"
 
 

@@ -101,3 +101,15 @@ def test_evaluation_and_inference_outputs_stay_out_of_a_training_run(tmp_path):
     with pytest.raises(DetkitError, match=r"--out .* holds a training run.*e.g. --out .*eval"):
         check_not_a_run(tmp_path, "--out")
     assert check_not_a_run(tmp_path / "eval", "--out") == tmp_path / "eval"
+
+
+def test_resume_removes_the_temporary_files_of_the_one_atomic_writer(tmp_path):
+    from detkit.atomic import temp_path
+    from detkit.engine.run_dir import remove_stale_temporaries
+
+    left = [temp_path(tmp_path / name) for name in ("last.pth", "config.yaml", "metrics.json", "config_changes.jsonl")]
+    for path in left:
+        path.write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("mine")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(left)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.tmp"]
