@@ -21,7 +21,7 @@ from detkit.engine.checkpoint import atomic_torch_save, class_meta, load_model_w
 from detkit.engine.rcnn_features import FeatureCache, cache_features
 from detkit.engine.rcnn_fitting import append_jsonl, run_bbox_stage, run_svm_stage
 from detkit.engine.rcnn_svm import SVMSettings
-from detkit.engine.stages import Stage, run_stages
+from detkit.engine.stages import Stage, run_stages, stop_with_message
 from detkit.modeling.build import build_model, prepare_for_test
 
 STAGES = ("1_proposals", "2_finetune", "3_features", "4_svms", "5_bbox_reg")
@@ -70,7 +70,9 @@ def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device
         return finetune_stage(cfg, train_set, test_set, device, folder, resume, progress)
 
     runs = (proposals, finetune, features, svms, bbox)
-    return [Stage(name, _timed(run)) for name, run in zip(STAGES, runs)]
+    keeps = (None, "last.pth of fine-tuning", "the features of the images cached so far",
+             "the SVMs of the classes fitted so far", "nothing of the box regression (it starts over, from the cache)")
+    return [Stage(name, _timed(run), kept) for name, run, kept in zip(STAGES, runs, keeps)]
 
 
 def _timed(run: Any) -> Any:
@@ -163,7 +165,8 @@ def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwri
         clear_stages(cfg.output_dir)
     device = setup(cfg)
     start = time.perf_counter()
-    train_set, test_set = build_train_and_test(cfg, progress=progress)  # fills the proposal stores
+    with stop_with_message("filling the proposal stores", "the proposals of the images done are kept in the stores"):
+        train_set, test_set = build_train_and_test(cfg, progress=progress)  # fills the proposal stores
     proposal_seconds = time.perf_counter() - start
     changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
     run_dir.record_config_changes(cfg.output_dir, changes)
