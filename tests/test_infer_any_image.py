@@ -53,9 +53,12 @@ def test_infer_gives_detections_inside_every_image_as_shown(arch, images, tmp_pa
     out = tmp_path / "out"
     args = argparse.Namespace(inputs=[str(folder)], config=str(tmp_path / "config.yaml"),
                               weights=str(tmp_path / "w.pth"), out=str(out), score_thresh=0.0,
-                              stop_on_error=False, no_progress=True)
+                              stop_on_error=False, no_progress=False)
     assert INFER.main(args) == 0
-    assert f"in {len(sizes)} images" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert f"in {len(sizes)} images" in printed.out
+    # Output that is not a terminal (here captured; a Slurm log) gets log lines, not a bar redrawn with "\r".
+    assert "\r" not in printed.err and f"infer: {len(sizes)}/{len(sizes)} (100%) elapsed" in printed.err
     results = json.loads((out / "detections.json").read_text())
     for r in results:
         name = r["file_name"].rsplit("/", 1)[-1]

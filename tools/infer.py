@@ -26,6 +26,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from detkit.progress import progress_bar
+
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.engine.inference import with_test_amp
@@ -49,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     names, category_ids = list(classes.names), classes.label_to_category_id
     results, skipped, done, propose_s = [], [], 0, 0.0
     try:
-        bar = tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True, disable=args.no_progress)
+        bar = progress_bar(list(zip(images, drawn_paths)), desc="infer", unit="img", disable=args.no_progress)
         for image_id, (path, drawn_path) in enumerate(bar, start=1):
             try:
                 pixels = read_image(path, exif_orientation=True)  # boxes as a viewer shows the image

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit.data.image_io import read_image, to_tensor
 from detkit.modeling.preprocess import to_input_pixels
@@ -215,8 +215,8 @@ def propose_dataset(dataset: Any, store: ProposalStore | str | Path, *, mode: st
             if not store.has(image_id)]
     if todo and method == "rpn" and rpn_model is None:
         raise DetkitError(f"proposal store {store.root} lacks {len(todo)} images and method 'rpn' needs the model")
-    bar = tqdm(total=len(dataset.image_ids), initial=len(dataset.image_ids) - len(todo), unit="img",
-               desc=f"proposals {store.root}", disable=not progress or not todo, dynamic_ncols=True)
+    bar = progress_bar(total=len(dataset.image_ids), initial=len(dataset.image_ids) - len(todo), unit="img",
+                       desc=f"proposals {store.root}", disable=not progress or not todo)
     with bar, closing(_proposals(todo, settings, workers, rpn_model, device)) as results:
         for image_id, boxes in results:
             store.save(image_id, boxes)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit.config import Config, config_to_dict, save_config
 from detkit.data import build_dataset
@@ -158,7 +158,7 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
     outputs: list[dict] = []
     count, start = 0, time.perf_counter()
     with ProposalRecorder(model) as recorder:
-        for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
+        for images, targets in progress_bar(loader, desc=desc, leave=False, disable=not progress):
             for out in model([im.to(device) for im in images], **proposal_kwargs(model, targets, device)):
                 outputs.append({k: v.cpu() for k, v in out.items()})
             for out, proposals in zip(outputs[len(outputs) - len(images):], recorder.take()):
