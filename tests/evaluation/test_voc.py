@@ -131,8 +131,8 @@ def devkit_voc(outputs, targets, num_classes, iou_thresh, use_07_metric):
         if num_positives == 0:
             metrics[f"voc/AP-{label}"] = math.nan
             continue
-        dets = [(score, i, bb) for i, o in enumerate(outputs)
-                for bb, score in zip(to_file(o["boxes"][o["labels"] == label]), o["scores"][o["labels"] == label].tolist())]
+        dets = [(score, i, bb) for i, o in enumerate(outputs) for bb, score in
+                zip(to_file(o["boxes"][o["labels"] == label]), o["scores"][o["labels"] == label].tolist())]
         dets.sort(key=lambda d: -d[0])  # MATLAB's sort(-confidence) is stable
         taken = [[False] * len(boxes) for boxes, _ in gt]
         tp, fp = np.zeros(len(dets)), np.zeros(len(dets))

@@ -59,5 +59,6 @@ def test_resize_keeps_one_pixel_on_a_side_that_would_round_to_zero():
 
 @pytest.mark.parametrize("channels, hint", [(1, r"image.expand\(3, -1, -1\)"), (4, r"image\[:3\]")])
 def test_grayscale_or_rgba_tensor_is_one_line_saying_how_to_convert(channels, hint):
-    with pytest.raises(DetkitError, match=rf"image 0 must be a \(3, H, W\) RGB tensor, got \({channels}, 8, 9\): .*{hint}"):
+    message = rf"image 0 must be a \(3, H, W\) RGB tensor, got \({channels}, 8, 9\): .*{hint}"
+    with pytest.raises(DetkitError, match=message):
         tiny("faster_rcnn")([torch.rand(channels, 8, 9)])
