@@ -13,7 +13,7 @@ from tests.modeling.test_build import CONFIGS
 DETECTORS = {"faster_rcnn": ("faster_rcnn_r18_fpn.yaml", ["model.rpn.post_nms_top_n_test=32"]),
              "fast_rcnn": ("fast_rcnn_r18_fpn.yaml", []),
              "rcnn": ("rcnn_r18.yaml", ["model.rcnn.warp_size=32", "model.rcnn.context_pad=2"])}
-SHAPES = [(10000, 20), (20, 10000), (1, 1), (5000, 1)]
+SHAPES = [(10000, 20), (20, 10000), (1, 1), (2, 5000)]
 
 
 def tiny(arch):
