@@ -21,7 +21,7 @@ BOX_KEYS = ("boxes", "proposals")  # target entries in image pixels, resized wit
 
 
 def check_images(images: Sequence[Tensor]) -> None:
-    """Raises DetkitError naming the image when one is not a (3, H, W) floating-point tensor."""
+    """Raises DetkitError naming the image when one is not a (3, H, W) floating-point tensor with H, W >= 1."""
     if len(images) == 0:
         raise DetkitError("the detector was given no images")
     for i, im in enumerate(images):
@@ -34,6 +34,8 @@ def check_images(images: Sequence[Tensor]) -> None:
         if not im.is_floating_point():
             raise DetkitError(f"image {i} has dtype {im.dtype}; detectors take float images in [0, 1] "
                               f"(torchvision's contract): convert with image.float() / 255")
+        if im.numel() == 0:
+            raise DetkitError(f"image {i} is empty: {im.shape[-1]}x{im.shape[-2]} pixels (W x H)")
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[float, tuple[int, int]]:

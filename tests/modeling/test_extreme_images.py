@@ -62,3 +62,8 @@ def test_grayscale_or_rgba_tensor_is_one_line_saying_how_to_convert(channels, hi
     message = rf"image 0 must be a \(3, H, W\) RGB tensor, got \({channels}, 8, 9\): .*{hint}"
     with pytest.raises(DetkitError, match=message):
         tiny("faster_rcnn")([torch.rand(channels, 8, 9)])
+
+
+def test_an_empty_image_is_one_line_naming_it():
+    with pytest.raises(DetkitError, match=r"image 1 is empty: 10x0 pixels \(W x H\)"):
+        tiny("faster_rcnn")([torch.rand(3, 5, 5), torch.rand(3, 0, 10)])
