@@ -4,7 +4,7 @@ tqdm redraws its bar in place with carriage returns; written to a file every red
 (thousands for one run). Off a terminal detkit instead writes one plain line at most every LOG_PERIOD_S seconds,
 plus the first and the last, as detectron2 logs its progress (every 20 iterations) to files:
 
-    infer: 120/364 (33%) elapsed 0:00:41, eta 0:01:23, 2.9 img/s
+    infer: 120/364 (33%) elapsed 00:41, eta 01:23, 2.90img/s
 """
 from __future__ import annotations
 
