@@ -44,3 +44,34 @@ def test_work_outside_stages_says_what_it_keeps(caplog):
     assert stop.value.code == 143
     assert "Stopped by signal 15 while filling the proposal stores: the proposals of the images done are kept; " \
            "--resume continues from there." in caplog.text
+
+
+def test_sigterm_while_caching_rcnn_features_keeps_the_images_done(tmp_path, caplog):
+    import torch
+
+    from detkit.engine.rcnn_features import FeatureCache, cache_features
+    from tests.engine.test_rcnn_training import _CountingModel, _TinySet
+
+    class Terminated(_CountingModel):  # SIGTERM (Slurm's, docker stop's) in the middle of the 4th image
+        def region_features(self, features, proposals):
+            if self.calls == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            return super().region_features(features, proposals)
+
+    data, cache = _TinySet(), FeatureCache(tmp_path / "3_features" / "cache")
+
+    def features(folder, resume, model=None):
+        return cache_features(model or Terminated(), data, cache, torch.device("cpu"), max_proposals=30,
+                              progress=False)
+
+    stages = [Stage("3_features", features, "the features of the images cached so far")]
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as stop:
+        run_stages(stages, tmp_path)
+    assert stop.value.code == 143
+    assert "while in stage 1/1 3_features: the features of the images cached so far are kept" in caplog.text
+    assert [cache.has(i) for i in range(1, 6)] == [True, True, True, False, False]
+    model = _CountingModel()
+    resumed = run_stages([Stage("3_features", lambda folder, resume: features(folder, resume, model))], tmp_path,
+                         resume=True)
+    assert resumed["3_features"] == {"features/computed_images": 2, "features/reused_images": 3}
