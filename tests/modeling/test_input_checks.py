@@ -108,3 +108,12 @@ def test_image_that_requires_grad_trains_and_evaluates_and_its_gradient_arrives(
     assert image.grad is not None and float(image.grad.abs().sum()) > 0  # as torchvision: the gradient reaches it
     detections = model.eval()([image], **kwargs)
     assert detections[0]["boxes"].shape[1] == 4
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_image_with_nan_or_inf_pixels_is_an_error_naming_it(train):
+    model = tiny_model().train(train)
+    bad = torch.rand(3, 90, 120)
+    bad[0, 5, 5], bad[1, 7, 9] = float("nan"), float("inf")
+    with pytest.raises(DetkitError, match=r"image 1 has 2 NaN or infinite pixel value\(s\)"):
+        model([torch.rand(3, 90, 120), bad], [GOOD, GOOD] if train else None)

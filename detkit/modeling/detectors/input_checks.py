@@ -16,6 +16,16 @@ from detkit.box_ops import clip_boxes_to_image
 from detkit.errors import DetkitError
 
 
+def check_finite_images(images: Sequence[Tensor]) -> None:
+    """DetkitError naming the first image holding a NaN or infinite pixel (they would make every loss and score NaN);
+    skipped while tracing for export, where the graph takes no data-dependent branch."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return
+    for i, image in enumerate(images):
+        if not bool(torch.isfinite(image).all()):
+            raise DetkitError(f"image {i} has {int((~torch.isfinite(image)).sum())} NaN or infinite pixel value(s)")
+
+
 def check_targets(images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None,
                   num_classes: int | None = None) -> list[dict[str, Tensor]]:
     """Targets with boxes clipped to their image and labels as int64.

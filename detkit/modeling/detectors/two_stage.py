@@ -7,10 +7,10 @@ proposals (P, 4) float x1, y1, x2, y2 in input pixels in each target, and in eva
 (P_i, 4). Training returns a dict of losses; eval returns per image a dict of boxes (D, 4) in input pixels,
 labels (D,) and scores (D,).
 
-Inputs are checked here, before any layer runs (detkit.modeling.detectors.input_checks): non-float images, every
-target field (shape, dtype, one label per box, labels in 1..K, finite values, boxes with area inside the image) and
-proposals (shape, dtype, finite) are DetkitErrors naming the image index and the field; target boxes are clipped
-to their image. Images may require grad (the gradient reaches them, as in torchvision).
+Inputs are checked here, before any layer runs (detkit.modeling.detectors.input_checks): non-float or non-finite
+images, every target field (shape, dtype, one label per box, labels in 1..K, finite values, boxes with area inside
+the image) and proposals (shape, dtype, finite) are DetkitErrors naming the image index and the field; target
+boxes are clipped to their image. Images may require grad (the gradient reaches them, as in torchvision).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit.errors import DetkitError
-from detkit.modeling.detectors.input_checks import check_proposals, check_targets
+from detkit.modeling.detectors.input_checks import check_finite_images, check_proposals, check_targets
 from detkit.modeling.preprocess import check_images
 
 FREEZABLE = ("backbone", "rpn", "roi_heads")
@@ -82,6 +82,7 @@ class TwoStageDetector(nn.Module):
                 proposals: list[Tensor] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Losses in training, detections in eval (see the module docstring)."""
         check_images(images)
+        check_finite_images(images)
         if self.training:
             targets = check_targets(images, targets, self.num_classes)
         proposals = self._input_proposals(len(images), targets, proposals)
