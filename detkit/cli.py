@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -45,8 +46,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return USER_ERRORS + ((cv2.error,) if cv2 is not None and isinstance(getattr(cv2, "error", None), type) else ())
 
 
+# What gloo and NCCL say when another rank is gone (it crashed, or printed its error and exited).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+             "remote worker crashing")
+
+
+def _lost_a_peer(err: BaseException) -> bool:
+    """Whether `err` is this rank's collective failing because another rank of a torchrun group went away."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1 or "RANK" not in os.environ:
+        return False
+    backend_error = getattr(dist, "DistError", RuntimeError)
+    return isinstance(err, (backend_error, RuntimeError)) and any(text in str(err) for text in PEER_LOST)
+
+
 def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.ArgumentParser) -> None:
-    """Parses arguments and runs main, printing user errors as one line and exiting with status 2."""
+    """Parses arguments and runs main, printing user errors as one line and exiting with status 2; under torchrun a
+    rank whose collective failed because another rank went away exits with status 1 and prints nothing (the rank
+    that failed printed why; --debug shows the traceback)."""
     # Options may come before or after KEY=VALUE overrides. Sub-command parsers cannot be parsed intermixed, so
     # there the overrides after an option arrive as leftovers and join args.overrides.
     if parser._subparsers:
@@ -65,6 +82,8 @@ def run(main: Callable[[argparse.Namespace], int | None], parser: argparse.Argum
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:
+        if not args.debug and _lost_a_peer(err):
+            sys.exit(1)  # another rank failed and said why in one line; torchrun's summary names it
         if args.debug or not isinstance(err, _user_errors()):
             raise
         hint = "" if isinstance(err, DetkitError) else " (run with --debug for the traceback)"

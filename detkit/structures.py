@@ -22,8 +22,8 @@ class ImageList:
         max_h = (max_h + size_divisible - 1) // size_divisible * size_divisible
         max_w = (max_w + size_divisible - 1) // size_divisible * size_divisible
         batch = images[0].new_full((len(images), images[0].shape[0], max_h, max_w), pad_value)
-        for im, slot in zip(images, batch):
-            slot[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+        for i, im in enumerate(images):  # indexing, not unbind: a view autograd lets copy_ write (images may need grad)
+            batch[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
         return cls(batch, [(int(im.shape[-2]), int(im.shape[-1])) for im in images])
 
     def to(self, device: torch.device | str) -> "ImageList":

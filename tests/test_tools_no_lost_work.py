@@ -160,8 +160,12 @@ def test_infer_keeps_inputs_gives_each_its_own_output_and_skips_corrupt_images(r
                                check=False), "infer.py")
     assert "would write over the input image" in line
     out = tmp_path / "out"
-    proc = tool("infer.py", str(inputs / "a"), str(inputs / "b"), *config, "--out", str(out), cwd=tmp_path)
+    proc = tool("infer.py", str(inputs / "a"), str(inputs / "b"), *config, "--out", str(out), cwd=tmp_path,
+                check=False)
     assert "broken.jpg" in proc.stderr and "1 unreadable image(s) skipped" in proc.stdout
+    # Kept going past it, but exits 1 as cp and rsync do (issue #21 item 5), saying so on its last line.
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "infer.py: 1 of 4 input(s) skipped as unreadable: exit status 1"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "a/x.jpg", "a/x.png", "b/x.jpg", "config.yaml", "detections.json"]
     results = json.loads((out / "detections.json").read_text())

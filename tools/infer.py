@@ -4,8 +4,9 @@
 
 With no --config/--weights it uses the model the README's main command trained (outputs/demo). Each input gets its
 own drawn picture under --out, at its path relative to the inputs' common folder; an input file is never written
-over. An unreadable image is skipped with a warning (--stop-on-error stops instead); detections.json always holds
-the results of the images done. A detector that reads proposals (Fast R-CNN) gets them from selective search on
+over. An unreadable image is skipped with a warning (--stop-on-error stops instead) and the exit status is then 1,
+as cp and rsync do; detections.json always holds the results of the images done. Boxes are in the orientation a
+viewer shows (EXIF orientation applied); any decodable image (grayscale, RGBA, 16-bit, 1 x 1, 10000 x 20) is read. A detector that reads proposals (Fast R-CNN) gets them from selective search on
 each image, and the time that costs is printed.
 """
 import argparse
@@ -24,6 +25,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from detkit.atomic import write_json
+    from detkit.progress import progress_bar
     from detkit.data.image_io import collect_images, output_paths, read_image, to_tensor
     from detkit.engine.run_dir import check_not_a_run, make_output_dir
     from detkit.evaluation.amp import with_test_amp
@@ -48,10 +50,10 @@ def main(args: argparse.Namespace) -> int:
     names, category_ids = list(classes.names), classes.label_to_category_id
     results, skipped, done = [], [], 0
     try:
-        bar = tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True, disable=args.no_progress)
+        bar = progress_bar(list(zip(images, drawn_paths)), desc="infer", unit="img", disable=args.no_progress)
         for image_id, (path, drawn_path) in enumerate(bar, start=1):
             try:
-                pixels = read_image(path)
+                pixels = read_image(path, exif_orientation=True)  # boxes as a viewer shows the image
             except DetkitError as error:
                 if args.stop_on_error:
                     raise
@@ -80,6 +82,10 @@ def main(args: argparse.Namespace) -> int:
         propose_s = generator.seconds
         print(f"note: selective search ({cfg.proposals.mode} mode) took {propose_s:.1f} s "
               f"({propose_s / done:.2f} s per image) of this run")
+    if skipped:  # as cp and rsync: the work that could be done is done, and a script can tell that some was not
+        print(f"infer.py: {len(skipped)} of {len(images)} input(s) skipped as unreadable: exit status 1",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit.data.base import DetectionDataset, ImageRecord
 from detkit.data.image_io import read_image
@@ -59,7 +59,7 @@ def check_datasets(datasets: dict[str, DetectionDataset], workers: int = 2, prog
     problems: list[str] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 decodes without the GIL
         found = pool.map(lambda job: check_record(job[1], job[2]), jobs)
-        for (name, _, _), items in tqdm(zip(jobs, found), total=len(jobs), desc="check data", disable=not progress):
+        for (name, _, _), items in progress_bar(zip(jobs, found), total=len(jobs), desc="check data", disable=not progress):
             problems += [f"[{name}] {item}" for item in items]
     return problems
 

@@ -22,9 +22,16 @@ from detkit.errors import DetkitError
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 
-# EXIF orientation is ignored so pixels match the annotations, which (as in COCO and VOC) refer to the stored
-# pixel grid; this is also what PIL-based pipelines such as torchvision's references see.
+# Datasets ignore EXIF orientation so pixels match the annotations, which (as in COCO and VOC) refer to the stored
+# pixel grid; this is also what PIL-based pipelines such as torchvision's references see. infer.py applies it
+# (read_image(..., exif_orientation=True)): its boxes are in the orientation a viewer shows.
+# IMREAD_COLOR gives 3 channels from any decodable file: grayscale is repeated, alpha dropped, 16-bit scaled to 8.
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation 1..8 -> the array operation that shows the image upright (as PIL.ImageOps.exif_transpose).
+_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+            7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -54,9 +61,21 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def orientation_tag(path: str | Path) -> int:
+    """The file's EXIF orientation tag (1..8; 1, upright, when absent or unreadable)."""
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def read_image(path: str | Path, *, exif_orientation: bool = False) -> np.ndarray:
     """Decode an image file into an HWC uint8 RGB array; raise DetkitError if it is missing, unreadable, or larger
-    than the pixel cap (checked from the header, before decoding)."""
+    than the pixel cap (checked from the header, before decoding). Any decodable file gives 3 channels (grayscale,
+    RGBA, palette, 16-bit). exif_orientation=True turns the pixels upright as a viewer shows them (EXIF tag 0x0112);
+    datasets keep the stored grid their annotations refer to."""
     path = Path(path)
     if not path.is_file():
         raise DetkitError(f"Image file {path} does not exist.")
@@ -73,7 +92,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DetkitError(f"Image file {path} cannot be decoded: {_cv2_reason(error)}.") from None
     if image is None:
         raise DetkitError(f"Image file {path} is corrupt or not an image cv2 can decode.")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if exif_orientation:
+        turn = _UPRIGHT.get(orientation_tag(path))
+        image = np.ascontiguousarray(turn(image)) if turn is not None else image
+    return image
 
 
 def _cv2_reason(error: Exception) -> str:

@@ -10,7 +10,10 @@ its r-th slice of B / W keys, so every image keeps its seed and its augmentation
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
+import multiprocessing
 import os
 import random
 import signal
@@ -27,6 +30,7 @@ from detkit.errors import DetkitError
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 SampleKey = tuple[int, int]
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> Batch:
@@ -118,12 +122,27 @@ def _worker_init(worker_id: int, max_pixels: int | None = None) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_quietly)
+    _die_with_parent()
     set_max_image_pixels(max_pixels)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+def _die_with_parent() -> None:
+    """Have the kernel send this worker SIGTERM (so _exit_quietly) when its parent dies, even by SIGKILL (Linux
+    prctl PR_SET_PDEATHSIG); without it an orphan ran on until torch's 5-second parent check, or for as long as a
+    slow __getitem__ took. Elsewhere torch's own check remains."""
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def _before_forking_workers(num_workers: int) -> None:

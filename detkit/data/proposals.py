@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit.atomic import write_json
 from detkit.data.image_io import read_image, to_tensor
@@ -148,8 +148,8 @@ def propose_dataset(dataset: Any, store: ProposalStore | str | Path, *, mode: st
     if todo and method == "rpn" and rpn_model is None:
         raise DetkitError(f"proposal store {store.root} lacks {len(missing)} images and method 'rpn' needs the model")
     total = len(dataset.image_ids) if world == 1 else len(todo)
-    bar = tqdm(total=total, initial=total - len(todo), unit="img", desc=f"proposals {store.root}",
-               disable=not progress or not todo or rank != 0, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=total - len(todo), unit="img", desc=f"proposals {store.root}",
+                       disable=not progress or not todo or rank != 0)
     with bar, closing(_proposals(todo, store, settings, cap_workers(workers), rpn_model, device)) as results:
         for image_id, boxes in results:
             if boxes is not None:

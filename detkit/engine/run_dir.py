@@ -108,7 +108,11 @@ def lock_output_dir(output_dir: str | os.PathLike) -> None:
     """Take the advisory lock <output_dir>/.lock for this process (until release or exit); refuse a second run.
 
     This is what makes a temporary file "stale" (no live run can be writing it) and keeps a requeued job from
-    training into the folder of one still running. Where the file system has no flock, runs go on unlocked.
+    training into the folder of one still running. Where the file system has no locks, runs go on unlocked.
+    The lock is a POSIX record lock (fcntl F_SETLK, via lockf), which forked children do not inherit: a SIGKILLed
+    trainer's orphaned loader workers cannot keep it (an flock, shared by every inherited descriptor, stayed held
+    until the last orphan exited and refused the resume). The lock ends when this process closes any descriptor
+    of .lock, so nothing else in detkit opens that file.
     """
     import fcntl  # POSIX only, as are the signals the trainer handles
 
@@ -118,13 +122,13 @@ def lock_output_dir(output_dir: str | os.PathLike) -> None:
     path = Path(output_dir) / ".lock"
     handle = open(path, "a")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
         handle.close()
         if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise DetkitError(f"another process is training in {output_dir} (it holds {path}); wait for it to "
                               "end, or choose another output_dir.") from None
-        return  # no flock on this file system
+        return  # no locks on this file system
     _HELD[key] = handle
 
 

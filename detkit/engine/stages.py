@@ -9,10 +9,13 @@ already holds). This is detectron2's and the papers' "train in steps" made resta
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,44 @@ class Stage:
 
     name: str  # folder name under the run's output folder, e.g. "1_rpn"; letters, digits, '_', '-' and '.'
     run: Callable[[Path, bool], dict[str, Any]]
+    keeps: str | None = None  # what a stop part-way keeps, for the message; None: "what <name> saved in its folder"
+
+
+class _Signalled(BaseException):
+    """SIGINT or SIGTERM arrived in work that has no stop point of its own (a BaseException: no `except Exception`
+    in the work swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_with_message(doing: str, kept: str) -> Iterator[None]:
+    """SIGINT/SIGTERM while `doing` stops the work at once, logs one line saying what is `kept` and that --resume
+    continues, and exits with 128 + the signal (143 for SIGTERM, 130 for Ctrl-C), as a stopped Trainer does.
+
+    Work inside that handles signals itself (a Trainer stops at the end of an iteration) installs its own handlers
+    and puts these back. Outside the main thread it does nothing (signals only reach the main thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        raise _Signalled(signum)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except _Signalled as stop:
+        for s, handler in previous.items():  # a second signal while reporting takes the default way out
+            signal.signal(s, handler)
+        logger.warning("Stopped by signal %d while %s: %s; --resume continues from there.", stop.signum, doing, kept)
+        raise SystemExit(128 + stop.signum) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def stage_done(folder: str | os.PathLike) -> bool:
@@ -64,7 +105,11 @@ def run_stages(stages: Sequence[Stage], output_dir: str | os.PathLike, *, resume
         logger.info("stage %d/%d %s: %s in %s", index, len(stages), stage.name,
                     "resuming" if resuming else "starting", folder)
         folder.mkdir(parents=True, exist_ok=True)
-        metrics = dict(stage.run(folder, resuming))
+        finished = names[: index - 1]
+        kept = (f"the finished stage(s) {', '.join(finished)} and " if finished else "") + \
+            f"{stage.keeps or f'what {stage.name} saved in its folder'} are kept in {output_dir}"
+        with stop_with_message(f"in stage {index}/{len(stages)} {stage.name}", kept):
+            metrics = dict(stage.run(folder, resuming))
         write_json(marker, metrics, default=float)
         results[stage.name] = metrics
     return results

@@ -21,7 +21,6 @@ import math
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from detkit.engine.run_dir import exclusive_run, remove_stale_temporaries
 from detkit.engine.safeguards import LastCheckpoints, keep_completed_iterations
 from detkit.errors import DetkitError
 from detkit.matching import per_image_sampling
+from detkit.progress import on_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Trainer:
             total=self.max_iter,
             initial=start_iter,
             dynamic_ncols=True,
-            disable=not (self.progress and is_main and sys.stderr.isatty()),
+            disable=not (self.progress and is_main and on_terminal()),  # off a terminal: log lines (_log)
         )
         redirect = logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext()
         try:

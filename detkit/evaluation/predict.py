@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit import ranks
 from detkit.data.loader import build_test_loader
@@ -56,7 +56,7 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
     model.eval()
     outputs: list[dict] = []
     count, start = 0, time.perf_counter()
-    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress):
+    for images, targets in progress_bar(loader, desc=desc, leave=False, disable=not progress):
         inputs, kwargs = [im.to(device) for im in images], proposal_kwargs(model, targets, device)
         if hasattr(model, "detect_with_proposals"):  # a detkit detector: RPN proposals of the same pass too
             detections, rpn_proposals = model.detect_with_proposals(inputs, **kwargs)

@@ -1,4 +1,17 @@
-"""Pascal VOC average precision, following the VOC devkit's per-class matching.
+"""Pascal VOC average precision, following the MATLAB VOC devkit (VOCdevkit 2012, VOCevaldet.m and VOCap.m).
+
+The reference is the devkit because the papers' VOC figures (R-CNN, Fast and Faster R-CNN) come from it:
+- a detection matches its highest-IoU ground-truth box of its class when that IoU is >= iou_thresh (the devkit's
+  ``ovmax >= VOCopts.minoverlap``, as mmdetection; py-faster-rcnn's voc_eval.py and detectron2 use > and so count a
+  detection at exactly IoU 0.5 as a false positive);
+- box areas: the devkit adds 1 pixel to widths and heights of its 1-based inclusive pixel indices; detkit's VOC
+  loader turns a file's (xmin, ymin, xmax, ymax) into continuous (xmin - 1, ymin - 1, xmax, ymax), on which plain
+  areas and intersections (no +1) are exactly the devkit's (xmin = 1, xmax = 10 is 10 pixels wide in both);
+- each ground-truth box is matched once, best score first (stable for ties); a detection on a "difficult" box is
+  neither a true nor a false positive; a duplicate is a false positive;
+- 11-point AP (VOC2007) averages the best precision at recall >= t for t = 0, 0.1, ..., 1 taken as k / 10 (the
+  devkit's 0:0.1:1, and np.arange(0, 1.1, 0.1), make 0.30000000000000004, which a recall of exactly 3/10 misses),
+  summed then divided by 11, so a perfect detector scores exactly 1.0; area AP (VOC2010+) is VOCap.m.
 
 Glossary:
     N        images; `outputs[i]` and `targets[i]` describe the same image
@@ -21,15 +34,12 @@ from detkit.errors import DetkitError
 
 
 def voc_ap(recall: np.ndarray | Sequence[float], precision: np.ndarray | Sequence[float], use_07_metric: bool) -> float:
-    """VOC AP of a precision/recall curve: 11-point interpolated (VOC2007) or area under it (VOC2010+)."""
+    """VOC AP of a precision/recall curve: 11-point interpolated (VOC2007) or area under it (VOC2010+, VOCap.m)."""
     recall = np.asarray(recall, dtype=np.float64)
     precision = np.asarray(precision, dtype=np.float64)
     if use_07_metric:
-        ap = 0.0
-        for t in np.linspace(0.0, 1.0, 11):
-            above = precision[recall >= t]
-            ap += (above.max() if above.size else 0.0) / 11.0
-        return float(ap)
+        best = [precision[recall >= k / 10].max(initial=0.0) for k in range(11)]
+        return float(sum(best) / 11.0)
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
     # Precision envelope: each point takes the best precision at any higher recall.
@@ -46,7 +56,12 @@ def evaluate_voc(
     use_07_metric: bool = False,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
-    """Per-class VOC AP ("voc/AP-<name>") and their mean ("voc/mAP"); a class without ground truth is nan."""
+    """Per-class VOC AP ("voc/AP-<name>") and their mean ("voc/mAP"); a class without ground truth is nan.
+
+    A detection is a true positive at IoU >= iou_thresh with an unmatched box of its class, as the MATLAB devkit
+    (see the module docstring). Raises DetkitError when outputs and targets differ in length, a key is missing or
+    an image's fields differ in length.
+    """
     if len(outputs) != len(targets):
         raise DetkitError(f"evaluate_voc got {len(outputs)} outputs but {len(targets)} targets.")
     if class_names is not None and len(class_names) != num_classes:
@@ -102,7 +117,7 @@ def _class_pr_curve(
     fp = np.zeros(len(order))
     for rank, d in enumerate(order):
         i, best = image_index[d], best_gts[d]
-        if len(gt_boxes[i]) == 0 or best_ious[d] <= iou_thresh:
+        if len(gt_boxes[i]) == 0 or not best_ious[d] >= iou_thresh:  # the devkit's ovmax >= minoverlap
             fp[rank] = 1
         elif gt_ignore[i][best]:
             continue

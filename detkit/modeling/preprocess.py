@@ -21,16 +21,21 @@ BOX_KEYS = ("boxes", "proposals")  # target entries in image pixels, resized wit
 
 
 def check_images(images: Sequence[Tensor]) -> None:
-    """Raises DetkitError naming the image when one is not a (3, H, W) floating-point tensor."""
+    """Raises DetkitError naming the image when one is not a (3, H, W) floating-point tensor with H, W >= 1."""
     if len(images) == 0:
         raise DetkitError("the detector was given no images")
     for i, im in enumerate(images):
         if not torch.is_tensor(im) or im.dim() != 3 or im.shape[0] != 3:
             shape = tuple(im.shape) if torch.is_tensor(im) else type(im).__name__
-            raise DetkitError(f"image {i} must be a (3, H, W) tensor, got {shape}")
+            hint = {1: ": repeat a grayscale image with image.expand(3, -1, -1)",
+                    4: ": drop the alpha channel with image[:3]"}.get(im.shape[0] if torch.is_tensor(im) and
+                                                                      im.dim() == 3 else 0, "")
+            raise DetkitError(f"image {i} must be a (3, H, W) RGB tensor, got {shape}{hint}")
         if not im.is_floating_point():
             raise DetkitError(f"image {i} has dtype {im.dtype}; detectors take float images in [0, 1] "
                               f"(torchvision's contract): convert with image.float() / 255")
+        if im.numel() == 0:
+            raise DetkitError(f"image {i} is empty: {im.shape[-1]}x{im.shape[-2]} pixels (W x H)")
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[float, tuple[int, int]]:
@@ -91,8 +96,11 @@ class ImagePreprocessor(nn.Module):
         scale, size = resized_size(h, w, self._target_min_size(), self.max_size)
         if size == (h, w):
             return image, (1.0, 1.0)
-        resized = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
-                                align_corners=False)[0]
+        if min(int(h * scale), int(w * scale)) >= 1:
+            resized = F.interpolate(image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                                    align_corners=False)[0]
+        else:  # an extreme aspect ratio (10000 x 20): the short side would round to 0 pixels; it keeps 1
+            resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         return resized, (resized.shape[-2] / h, resized.shape[-1] / w)
 
     @staticmethod

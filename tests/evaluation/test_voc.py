@@ -68,12 +68,38 @@ def test_detection_on_difficult_box_is_neither_tp_nor_fp():
     assert evaluate_voc(only_normal, targets, num_classes=1)["voc/mAP"] == pytest.approx(1.0)
 
 
-def test_iou_uses_continuous_coordinates_without_plus_one():
-    # IoU is 100 / 200 = 0.5 exactly, not above the 0.5 threshold; the devkit's "+1" would make it 121 / 231.
+def test_match_at_exactly_iou_half_as_the_matlab_devkit():
+    # VOC file boxes (1-based inclusive): ground truth (1, 1, 10, 20), detection (1, 1, 10, 10). The devkit
+    # (VOCevaldet.m): iw = 10 - 1 + 1 = 10, ih = 10 - 1 + 1 = 10, ua = 10 * 10 + 10 * 20 - 100 = 200,
+    # ov = 100 / 200 = 0.5 and ovmax >= minoverlap (0.5): a true positive, AP 1. detkit's loader makes them
+    # (0, 0, 10, 20) and (0, 0, 10, 10): intersection 100, union 200, the same 0.5, matched.
     outputs = [det([[0, 0, 10, 10]], [1], [0.9])]
     targets = [target([[0, 0, 10, 20]], [1])]
+    for use_07_metric in (False, True):
+        assert evaluate_voc(outputs, targets, num_classes=1, use_07_metric=use_07_metric)["voc/mAP"] == 1.0
+    assert evaluate_voc(outputs, targets, num_classes=1, iou_thresh=0.51)["voc/mAP"] == 0.0
+    # File boxes (1, 1, 2, 2) and (2, 2, 3, 3): iw = ih = 2 - 2 + 1 = 1, ua = 4 + 4 - 1 = 7, ov = 1 / 7: unmatched at
+    # 0.5, matched at 1 / 7 exactly (continuous (0, 0, 2, 2) and (1, 1, 3, 3): 1 / 7 too).
+    outputs, targets = [det([[1, 1, 3, 3]], [1], [0.9])], [target([[0, 0, 2, 2]], [1])]
     assert evaluate_voc(outputs, targets, num_classes=1)["voc/mAP"] == 0.0
-    assert evaluate_voc(outputs, targets, num_classes=1, iou_thresh=0.49)["voc/mAP"] == pytest.approx(1.0)
+    assert evaluate_voc(outputs, targets, num_classes=1, iou_thresh=1 / 7)["voc/mAP"] == 1.0
+
+
+def test_perfect_detector_scores_exactly_one():
+    # 11 ground-truth boxes found with falling scores: every 11-point threshold sees precision 1; 11 * (1 / 11)
+    # summed in turn gives 1.0000000000000002, summing first gives 1.0.
+    boxes = [[10.0 * k, 0.0, 10.0 * k + 8, 8.0] for k in range(11)]
+    outputs = [det(boxes, [1] * 11, [1.0 - k / 20 for k in range(11)])]
+    targets = [target(boxes, [1] * 11)]
+    assert evaluate_voc(outputs, targets, num_classes=1, use_07_metric=True)["voc/mAP"] == 1.0
+    assert evaluate_voc(outputs, targets, num_classes=1, use_07_metric=False)["voc/mAP"] == 1.0
+    assert voc_ap([1.0], [1.0], use_07_metric=True) == 1.0
+
+
+def test_11_point_threshold_at_exactly_three_tenths():
+    # Recall 3/10 at precision 1, then nothing: thresholds 0, 0.1, 0.2, 0.3 see precision 1, so AP = 4 / 11.
+    # np.linspace(0, 1, 11)[3] is 0.30000000000000004, which a recall of exactly 0.3 would miss (3 / 11).
+    assert voc_ap([0.3], [1.0], use_07_metric=True) == 4 / 11
 
 
 def test_class_without_ground_truth_is_nan_and_left_out_of_map():
@@ -92,37 +118,58 @@ def test_bad_inputs_name_the_image_and_key():
         evaluate_voc([], [], num_classes=1, class_names=["a", "b"])
 
 
-def reference_voc(outputs, targets, num_classes, iou_thresh, use_07_metric):
-    """The VOC devkit loop written plainly: one IoU row per detection, best score first (stable)."""
+def devkit_voc(outputs, targets, num_classes, iou_thresh, use_07_metric):
+    """VOCevaldet.m and VOCap.m transcribed, on VOC file boxes: 1-based inclusive pixels with +1 areas, a detection's
+    overlap with each ground-truth box only where iw > 0 and ih > 0, ovmax >= minoverlap, the first best box kept."""
+    def to_file(boxes):  # detkit's continuous (x1, y1, x2, y2) back to the file's (xmin, ymin, xmax, ymax)
+        return [[b[0] + 1, b[1] + 1, b[2], b[3]] for b in boxes.tolist()]
+
     metrics = {}
     for label in range(1, num_classes + 1):
-        gt = [(t["boxes"][t["labels"] == label].double(), t["ignore"][t["labels"] == label].tolist()) for t in targets]
+        gt = [(to_file(t["boxes"][t["labels"] == label]), t["ignore"][t["labels"] == label].tolist()) for t in targets]
         num_positives = sum(flags.count(False) for _, flags in gt)
         if num_positives == 0:
             metrics[f"voc/AP-{label}"] = math.nan
             continue
-        dets = [(score, i, box) for i, o in enumerate(outputs)
-                for box, score in zip(o["boxes"][o["labels"] == label].double(), o["scores"][o["labels"] == label].tolist())]
-        dets.sort(key=lambda d: -d[0])
+        dets = [(score, i, bb) for i, o in enumerate(outputs) for bb, score in
+                zip(to_file(o["boxes"][o["labels"] == label]), o["scores"][o["labels"] == label].tolist())]
+        dets.sort(key=lambda d: -d[0])  # MATLAB's sort(-confidence) is stable
         taken = [[False] * len(boxes) for boxes, _ in gt]
         tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
-        for rank, (_, i, box) in enumerate(dets):
-            boxes, flags = gt[i]
-            if len(boxes) == 0:
-                fp[rank] = 1
-                continue
-            best_iou, best = box_iou(box[None], boxes)[0].max(dim=0)
-            if float(best_iou) <= iou_thresh:
-                fp[rank] = 1
-            elif flags[int(best)]:
-                continue
-            elif not taken[i][int(best)]:
-                tp[rank], taken[i][int(best)] = 1, True
+        for d, (_, i, bb) in enumerate(dets):
+            ovmax, jmax = -math.inf, -1
+            for j, bbgt in enumerate(gt[i][0]):
+                iw = min(bb[2], bbgt[2]) - max(bb[0], bbgt[0]) + 1
+                ih = min(bb[3], bbgt[3]) - max(bb[1], bbgt[1]) + 1
+                if iw > 0 and ih > 0:
+                    ua = ((bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1) + (bbgt[2] - bbgt[0] + 1) * (bbgt[3] - bbgt[1] + 1)
+                          - iw * ih)
+                    ov = iw * ih / ua
+                    if ov > ovmax:
+                        ovmax, jmax = ov, j
+            if ovmax >= iou_thresh:
+                if gt[i][1][jmax]:
+                    pass  # difficult: neither
+                elif not taken[i][jmax]:
+                    tp[d], taken[i][jmax] = 1, True
+                else:
+                    fp[d] = 1
             else:
-                fp[rank] = 1
+                fp[d] = 1
         tp, fp = np.cumsum(tp), np.cumsum(fp)
-        precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        metrics[f"voc/AP-{label}"] = voc_ap(tp / num_positives, precision, use_07_metric)
+        rec = tp / num_positives
+        prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        if use_07_metric:
+            ap = 0.0
+            for t in range(11):  # 0:0.1:1, as exact tenths
+                p = prec[rec >= t / 10]
+                ap += (p.max() if p.size else 0.0) / 11
+        else:
+            mrec, mpre = [0.0, *rec, 1.0], [0.0, *prec, 0.0]
+            for k in range(len(mpre) - 2, -1, -1):
+                mpre[k] = max(mpre[k], mpre[k + 1])
+            ap = sum((mrec[k] - mrec[k - 1]) * mpre[k] for k in range(1, len(mrec)) if mrec[k] != mrec[k - 1])
+        metrics[f"voc/AP-{label}"] = ap
     present = [v for v in metrics.values() if not math.isnan(v)]
     return {"voc/mAP": float(np.mean(present)) if present else math.nan, **metrics}
 
@@ -152,13 +199,13 @@ def random_case(num_images, num_labels, gen):
 
 
 @pytest.mark.parametrize("iou_thresh, use_07_metric", [(0.5, False), (0.5, True), (0.25, False)])
-def test_evaluate_voc_equals_the_plain_devkit_loop_exactly(iou_thresh, use_07_metric):
+def test_evaluate_voc_equals_the_matlab_devkit_arithmetic(iou_thresh, use_07_metric):
     outputs, targets = random_case(num_images=80, num_labels=4, gen=torch.Generator().manual_seed(3))
     # Label 5 never occurs: its AP is nan in both.
     metrics = evaluate_voc(outputs, targets, num_classes=5, iou_thresh=iou_thresh, use_07_metric=use_07_metric)
-    expected = reference_voc(outputs, targets, 5, iou_thresh, use_07_metric)
+    expected = devkit_voc(outputs, targets, 5, iou_thresh, use_07_metric)
     assert sum(len(t["boxes"]) == 0 for t in targets) > 5 and sum(bool(t["ignore"].any()) for t in targets) > 5
     assert 0.05 < expected["voc/mAP"] < 0.95
     assert metrics.keys() == expected.keys()
     for key, value in expected.items():
-        assert metrics[key] == value or (math.isnan(value) and math.isnan(metrics[key])), key
+        assert metrics[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key

@@ -7,8 +7,10 @@ proposals (P, 4) float x1, y1, x2, y2 in input pixels in each target, and in eva
 (P_i, 4). Training returns a dict of losses; eval returns per image a dict of boxes (D, 4) in input pixels,
 labels (D,) and scores (D,).
 
-Inputs are checked here, before any layer runs: non-float images, a target box with no area inside its image and
-missing proposals are DetkitErrors naming the image (and box); target boxes are clipped to their image.
+Inputs are checked here, before any layer runs (detkit.modeling.detectors.input_checks): non-float or non-finite
+images, every target field (shape, dtype, one label per box, labels in 1..K, finite values, boxes with area inside
+the image) and proposals (shape, dtype, finite) are DetkitErrors naming the image index and the field; target
+boxes are clipped to their image. Images may require grad (the gradient reaches them, as in torchvision).
 """
 from __future__ import annotations
 
@@ -18,34 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detkit.box_ops import clip_boxes_to_image
 from detkit.errors import DetkitError
+from detkit.modeling.detectors.input_checks import check_finite_images, check_proposals, check_targets
 from detkit.modeling.preprocess import check_images, to_input_pixels
 
 FREEZABLE = ("backbone", "rpn", "roi_heads")
-
-
-def check_targets(images: Sequence[Tensor], targets: list[dict[str, Tensor]] | None) -> list[dict[str, Tensor]]:
-    """Targets with boxes clipped to their image; DetkitError naming the image and box when one is malformed."""
-    if targets is None or len(targets) != len(images):
-        raise DetkitError(f"training needs one target per image: got {len(images)} images and "
-                          f"{0 if targets is None else len(targets)} targets")
-    checked = []
-    for i, (image, target) in enumerate(zip(images, targets)):
-        boxes = target["boxes"]
-        if boxes.dim() != 2 or boxes.shape[-1] != 4:
-            raise DetkitError(f"target {i}: boxes must have shape (M, 4), got {tuple(boxes.shape)}")
-        if not boxes.is_floating_point():
-            raise DetkitError(f"target {i}: boxes have dtype {boxes.dtype}; they must be float pixels")
-        height, width = int(image.shape[-2]), int(image.shape[-1])
-        clipped = clip_boxes_to_image(boxes, (height, width))
-        bad = torch.nonzero((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])).flatten()
-        if bad.numel():
-            j = bad[0].item()
-            raise DetkitError(f"target {i}: box {j} {boxes[j].tolist()} has no area inside the image "
-                              f"({width}x{height}, W x H)")
-        checked.append({**target, "boxes": clipped})
-    return checked
 
 
 class TwoStageDetector(nn.Module):
@@ -93,6 +72,12 @@ class TwoStageDetector(nn.Module):
         for name in self.frozen:
             getattr(self, name).eval()
         return self
+
+    @property
+    def num_classes(self) -> int | None:
+        """K, the foreground classes the predictor scores (its outputs less background), or None if it cannot tell."""
+        scorer = getattr(getattr(self.roi_heads, "box_predictor", None), "cls_score", None)
+        return scorer.out_features - 1 if isinstance(scorer, nn.Linear) else None
 
     @property
     def needs_proposals(self) -> bool:
@@ -159,8 +144,9 @@ class TwoStageDetector(nn.Module):
              ) -> tuple[Any, list[Tensor] | None, Any, list[tuple[int, int]]]:
         """The one forward: (losses or detections, the RPN's proposals in batch pixels or None, batch, input sizes)."""
         check_images(images)
+        check_finite_images(images)
         if self.training:
-            targets = check_targets(images, targets)
+            targets = check_targets(images, targets, self.num_classes)
         proposals = self._input_proposals(images, targets, proposals)
         original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         batch, targets, proposals = self.preprocessor(images, targets, proposals)
@@ -190,15 +176,11 @@ class TwoStageDetector(nn.Module):
             if proposals is not None or (targets and any("proposals" in t for t in targets)):
                 raise DetkitError("this detector has its own proposal generator (rpn): do not pass proposals")
             return None
-        if not self.training and proposals is None and self.test_proposal_generator is not None:
+        if self.training:  # check_targets checked each target's proposals
+            if any("proposals" not in t for t in targets):
+                raise DetkitError(f"this detector has no proposal generator: pass (P, 4) proposals for each of the "
+                                  f"{num_images} images in targets[i]['proposals']")
+            return None
+        if proposals is None and self.test_proposal_generator is not None:
             proposals = self.test_proposal_generator(images)
-        given = [t.get("proposals") for t in targets] if self.training else proposals
-        where = "targets[i]['proposals']" if self.training else "the proposals= argument"
-        if given is None or len(given) != num_images or any(p is None for p in given):
-            raise DetkitError(f"this detector has no proposal generator: pass (P, 4) proposals for each of the "
-                              f"{num_images} images in {where}")
-        for i, p in enumerate(given):
-            if p.dim() != 2 or p.shape[-1] != 4 or not p.is_floating_point():
-                raise DetkitError(f"image {i}: proposals must be a float (P, 4) tensor, got {p.dtype} "
-                                  f"{tuple(p.shape)}")
-        return None if self.training else list(given)
+        return check_proposals(proposals, num_images, "the proposals= argument")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit.atomic import atomic_write
 from detkit.errors import DetkitError
@@ -135,7 +135,7 @@ def cache_features(model: nn.Module, dataset: Any, cache: FeatureCache, device: 
     """Fills the cache for every image of an un-augmented dataset with proposals; counts computed and reused."""
     model.eval()
     computed = reused = 0
-    for index in tqdm(range(len(dataset)), desc="features", disable=not progress, dynamic_ncols=True):
+    for index in progress_bar(range(len(dataset)), desc="features", disable=not progress):
         image_id = dataset.records[index].image_id
         if cache.has(image_id):
             reused += 1

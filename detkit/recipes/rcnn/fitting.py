@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit.atomic import atomic_write
 from detkit.box_ops import box_iou
@@ -74,7 +74,7 @@ def run_svm_stage(cache: FeatureCache, image_ids: list[int], num_classes: int, s
     scale = mean_norm_scale([im.fc7[im.num_gt:] for im in images], feature_norm)
     metrics: dict[str, Any] = {"svm/feature_scale": scale, "svm/fitted_classes": 0}
     weights, biases = [], []
-    for k in tqdm(range(1, num_classes + 1), desc="svms", disable=not progress, dynamic_ncols=True):
+    for k in progress_bar(range(1, num_classes + 1), desc="svms", disable=not progress):
         path = folder / f"class_{k}.npz"
         if not path.is_file():
             w, b, summary = _fit_class(images, k, scale, settings, neg_iou, folder)

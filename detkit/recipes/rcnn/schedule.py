@@ -20,7 +20,7 @@ from detkit.config import Config, config_to_dict, save_config
 from detkit.edge import setup
 from detkit.engine import run_dir
 from detkit.engine.checkpoint import atomic_torch_save, class_meta, load_model_weights
-from detkit.engine.stages import Stage, run_stages
+from detkit.engine.stages import Stage, run_stages, stop_with_message
 from detkit.evaluation.coco import format_coco_table
 from detkit.evaluation.predict import evaluate, save_detection_picture
 from detkit.modeling.build import build_model, prepare_for_test
@@ -76,7 +76,9 @@ def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device
         return finetune_stage(cfg, train_set, test_set, device, folder, resume, progress)
 
     runs = (proposals, finetune, features, svms, bbox)
-    return [Stage(name, _timed(run)) for name, run in zip(STAGES, runs)]
+    keeps = (None, "last.pth of fine-tuning", "the features of the images cached so far",
+             "the SVMs of the classes fitted so far", "nothing of the box regression (it starts over, from the cache)")
+    return [Stage(name, _timed(run), kept) for name, run, kept in zip(STAGES, runs, keeps)]
 
 
 def _timed(run: Any) -> Any:
@@ -152,7 +154,8 @@ def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwri
         clear_stages(cfg.output_dir)
     device = setup(cfg)
     start = time.perf_counter()
-    train_set, test_set = build_train_and_test(cfg, progress=progress)  # fills the proposal stores
+    with stop_with_message("filling the proposal stores", "the proposals of the images done are kept in the stores"):
+        train_set, test_set = build_train_and_test(cfg, progress=progress)  # fills the proposal stores
     proposal_seconds = time.perf_counter() - start
     changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
     run_dir.record_config_changes(cfg.output_dir, changes)
