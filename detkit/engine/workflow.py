@@ -33,6 +33,7 @@ from detkit.errors import DetkitError
 from detkit.evaluation.coco import detections_to_coco, evaluate_coco, format_coco_table
 from detkit.evaluation.recall import rpn_recall_metrics
 from detkit.evaluation.voc import evaluate_voc
+from detkit.report.run import report_run
 from detkit.modeling.build import build_model, check_keys_apply, needs_proposals, prepare_for_test
 from detkit import ops
 from detkit.visualize import draw_detections, draw_grid, save_image
@@ -283,6 +284,7 @@ def report_trained(cfg: Config, model: nn.Module, summary: dict[str, Any], test_
     save_detection_picture(model, test_set, device, Path(cfg.output_dir) / "detections.png", cfg.model.class_names)
     print(format_coco_table(metrics))
     print(f"wrote {cfg.output_dir}/metrics.json, model_final.pth and detections.png")
+    report_run(cfg, test_set, results, metrics, cfg.output_dir, run_dir=cfg.output_dir)  # report.html (test.report)
     return metrics
 
 
