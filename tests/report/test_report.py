@@ -25,6 +25,7 @@ def test_report_is_one_self_contained_page_with_every_figure(report_inputs, tmp_
 
 
 def test_empty_detections_mark_the_sections_that_need_them(report_inputs, tmp_path):
+    report_inputs.image_paths = {}  # the worst images are tested above
     report_inputs.results = []
     html = write_report(report_inputs, tmp_path / "out").read_text()
     assert html.count('class="empty">Nothing to show: the detections file holds no detections') >= 3
@@ -33,6 +34,7 @@ def test_empty_detections_mark_the_sections_that_need_them(report_inputs, tmp_pa
 
 
 def test_a_class_without_ground_truth_is_named_not_plotted_as_zero(report_inputs, tmp_path):
+    report_inputs.image_paths = {}  # the worst images are tested above
     report_inputs.ground_truth["categories"].append({"id": 3, "name": "bird"})
     html = write_report(report_inputs, tmp_path / "out").read_text()
     assert "no ground truth in this split for 1 class(es): bird" in html
@@ -40,6 +42,7 @@ def test_a_class_without_ground_truth_is_named_not_plotted_as_zero(report_inputs
 
 
 def test_a_run_without_metrics_jsonl_says_so(report_inputs, tmp_path):
+    report_inputs.image_paths = {}  # the worst images are tested above
     report_inputs.stages = []
     html = write_report(report_inputs, tmp_path / "out").read_text()
     assert "Nothing to show: the run folder and its stage folders hold no metrics.jsonl" in html
@@ -49,6 +52,7 @@ def test_a_run_without_metrics_jsonl_says_so(report_inputs, tmp_path):
 @pytest.mark.parametrize("key, value, message", [("image_id", 99, "image_id 99, not in the ground truth"),
                                                  ("category_id", 5, "category_id 5, not in the ground truth")])
 def test_detections_not_in_the_ground_truth_are_refused(report_inputs, tmp_path, key, value, message):
+    report_inputs.image_paths = {}  # the worst images are tested above
     report_inputs.results = [*report_inputs.results, {**report_inputs.results[0], key: value}]
     with pytest.raises(DetkitError, match=message):
         write_report(report_inputs, tmp_path / "out")

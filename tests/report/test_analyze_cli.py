@@ -1,0 +1,48 @@
+"""tools/analyze.py on detections + ground truth files: a report, or one line for bad input (no traceback)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.evaluation.test_errors import RESULTS, ground_truth
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def analyze(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "tools" / "analyze.py"), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_detections_and_ground_truth_files_give_a_report_and_bad_ones_one_line(tmp_path):
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(ground_truth()))
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    proc = analyze("--detections", empty, "--gt", gt, "--out", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "the detections file holds no detections" in (tmp_path / "out" / "report.html").read_text()
+
+    stray = tmp_path / "stray.json"
+    stray.write_text(json.dumps([*RESULTS, {**RESULTS[0], "category_id": 42}]))
+    proc = analyze("--detections", stray, "--gt", gt, "--out", tmp_path / "bad", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "category_id 42, not in the ground truth" in lines[0]
+    assert not (tmp_path / "bad" / "report.html").exists()
+
+
+def test_a_folder_that_is_no_run_is_one_clear_error(tmp_path):
+    import pytest
+
+    from detkit.errors import DetkitError
+    from detkit.report.run import load_run
+
+    with pytest.raises(DetkitError, match="has no config.yaml"):
+        load_run(tmp_path)
+    with pytest.raises(DetkitError, match="does not exist"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "config.yaml").write_text("output_dir: x\n")
+    with pytest.raises(DetkitError, match="has no detections_test.json or detections.json"):
+        load_run(tmp_path)
