@@ -26,7 +26,7 @@ def main(args: argparse.Namespace) -> int:
     model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
     test_set = build_split(cfg, "test", class_list(cfg))
     metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc",
-                          progress=not args.no_progress)
+                                progress=not args.no_progress)
     print(format_coco_table(metrics))
     if "voc/mAP" in metrics:
         print(f"VOC mAP@0.5 (area): {metrics['voc/mAP']:.4f}")
@@ -46,6 +46,6 @@ if __name__ == "__main__":
                            overrides_help="dotted config overrides, e.g. data.root=/data/BCCD")
     parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
     parser.add_argument("--out", help="folder for metrics.json, config.yaml, detections.json and report.html "
-                                          "(default <output_dir>/eval)")
+                                      "(default <output_dir>/eval)")
     add_common_args(parser, progress=True)
     run(main, parser)

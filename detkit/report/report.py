@@ -110,10 +110,13 @@ def _summary(page: Page, inputs: ReportInputs, gt: dict, results: list[dict], re
                if k.startswith("bbox/") and "-" not in k and isinstance(v, (int, float))]
     if summary:
         page.table([name for name, _ in summary], [[v for _, v in summary]])
-    recall = [(k, 100 * v) for k, v in inputs.metrics.items() if k.startswith("rpn/AR@") and isinstance(v, float)]
-    if recall:
-        page.note("Proposal recall (IoU 0.50:0.95, the RPN's proposals on data.test):")
-        page.table([k.split("/", 1)[1] for k, _ in recall], [[v for _, v in recall]])
+    for prefix, what in (("rpn/", "the RPN's proposals on data.test"),
+                         ("store/", "the proposal store of data.test, tools/propose.py's recall.json")):
+        recall = [(k, 100 * v) for k, v in inputs.metrics.items() if k.startswith(prefix) and isinstance(v, float)
+                  and k[len(prefix):].startswith(("AR@", "recall@"))]
+        if recall:
+            page.note(f"Proposal recall in percent (AR: IoU 0.50:0.95; recall@t: at IoU t), {what}:")
+            page.table([k[len(prefix):] for k, _ in recall], [[v for _, v in recall]])
     absent = [report.names[k] for k in range(len(report.names)) if report.num_gt[k] == 0]
     if absent:
         page.empty(f"no ground truth in this split for {len(absent)} class(es): {', '.join(absent[:20])}"

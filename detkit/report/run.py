@@ -6,6 +6,7 @@ metrics.json, metrics.jsonl in the folder and in each stage folder below it (alt
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -66,9 +67,15 @@ def inputs_from_config(cfg: Any, dataset: Any, results: Sequence[Mapping], metri
     min_size = cfg.input.test_min_size or (cfg.input.min_size if isinstance(cfg.input.min_size, int)
                                            else max(cfg.input.min_size))
     image_paths = {image_id: dataset.image_path(i) for i, image_id in enumerate(dataset.image_ids)}
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    store = Path(cfg.data.test.proposals) / "recall.json" if cfg.data.test.proposals else None
+    if store is not None and store.is_file():  # tools/propose.py's recall of the proposal store
+        with contextlib.suppress(json.JSONDecodeError, OSError, AttributeError):
+            metrics.update({f"store/{k}": float(v) for k, v in json.loads(store.read_text()).items()
+                            if k.startswith(("AR@", "recall@")) and isinstance(v, (int, float))})
     return ReportInputs(ground_truth=dataset.coco_gt(), results=list(results), title=title,
                         stages=stage_records(run_dir) if run_dir is not None else None,
-                        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                        metrics=metrics,
                         image_paths=image_paths, anchor_sizes=sizes, anchor_ratios=ratios,
                         resize=(int(min_size), int(cfg.input.max_size)))
 

@@ -21,4 +21,4 @@ def report_inputs(tmp_path: Path) -> ReportInputs:
     records += [{"iter": 15, "bbox/AP": 0.2, "bbox/AP50": 0.4}, {"iter": 29, "bbox/AP": 0.3, "bbox/AP50": 0.5}]
     return ReportInputs(ground_truth(), RESULTS, stages=[("training", records)], image_paths={7: tmp_path / "7.png"},
                         anchor_sizes=[32, 64, 128], anchor_ratios=[0.5, 1.0, 2.0], resize=(350, 700),
-                        metrics={"bbox/AP": 0.3, "bbox/AP50": 0.5, "rpn/AR@100": 0.5})
+                        metrics={"bbox/AP": 0.3, "bbox/AP50": 0.5, "rpn/AR@100": 0.5, "store/AR@100": 0.25})

@@ -22,6 +22,8 @@ def test_report_is_one_self_contained_page_with_every_figure(report_inputs, tmp_
     for name in FIGURES:
         assert (tmp_path / "out" / "report_figures" / f"{name}.png").stat().st_size > 1000, name
     assert "<td>cat</td><td>3</td><td>" in html  # the per-class table: class, boxes, AP...
+    assert "<th>AR@100</th></tr></thead><tbody><tr><td>50.0</td>" in html  # the RPN's recall
+    assert "<th>AR@100</th></tr></thead><tbody><tr><td>25.0</td>" in html  # the proposal store's
 
 
 def test_empty_detections_mark_the_sections_that_need_them(report_inputs, tmp_path):
