@@ -20,7 +20,9 @@ Error types (§2.2), tested in this order for a detection that is not a true pos
     miss   missed: a ground-truth box no detection matched and no cls / loc error points at
 The oracle fixes (§2.3): cls and loc become the true positive of their box when that box is still unmatched (else
 they are removed); both, dupe and bkg are removed; a missed box is taken out of the positives. "FP" and "FN" fix all
-false positives / all false negatives at once (the paper's special errors, §2.4).
+false positives / all false negatives at once (the paper's special errors, §2.4). The test order and the fixes are
+those of the authors' tidecv (quantify.py, errors/main_errors.py); unlike tidecv, a negative dAP (a binning effect)
+is reported as it is, not clamped to 0.
 """
 from __future__ import annotations
 
