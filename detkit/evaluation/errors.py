@@ -18,8 +18,8 @@ Error types (§2.2), tested in this order for a detection that is not a true pos
     dupe   duplicate: IoU >= t_f with a box of its class that a higher-scoring detection already matched
     both   classification and localisation: t_b <= IoU < t_f with a box of another class
     miss   missed: a ground-truth box no detection matched and no cls / loc error points at
-The oracle fixes (§2.3): cls and loc become the true positive of their box when that box is still unmatched (else
-they are removed); both, dupe and bkg are removed; a missed box is taken out of the positives. "FP" and "FN" fix all
+The oracle fixes (§2.3): cls and loc become the true positive of their box when that box is still unmatched and
+they are its best-scoring cls / loc error (else they are removed); both, dupe and bkg are removed; a missed box is taken out of the positives. "FP" and "FN" fix all
 false positives / all false negatives at once (the paper's special errors, §2.4). The test order and the fixes are
 those of the authors' tidecv (quantify.py, errors/main_errors.py); unlike tidecv, a negative dAP (a binning effect)
 is reported as it is, not clamped to 0.
@@ -97,6 +97,15 @@ def tide_errors(ground_truth: Mapping[str, Any], results: Sequence[Mapping[str, 
         per_image[image_id] = Counter(d["outcome"] for d in image_dets if d["outcome"] != "tp")
         per_image[image_id]["miss"] += len(image_missed)
 
+    # A box blamed by several cls / loc errors is given by the fix to the best-scoring of them, whichever type is
+    # fixed (tidecv's BestGTMatch); the others are removed.
+    best: dict[int, dict] = {}
+    for det in detections:
+        if det["outcome"] in ("cls", "loc") and det["gt_free"]:
+            if det["gt_index"] not in best or float(det["score"]) > float(best[det["gt_index"]]["score"]):
+                best[det["gt_index"]] = det
+    for det in detections:
+        det["gt_best"] = best.get(det["gt_index"]) is det
     positives = Counter(int(a["category_id"]) for a in gt["annotations"] if not a["iscrowd"])
     classes = [c for c in category_ids if positives[c] > 0]
     missed_per_class = Counter(int(gt["annotations"][i]["category_id"]) for i in missed)
@@ -193,15 +202,13 @@ def _error_type(iou: np.ndarray, same: np.ndarray, taken: np.ndarray, t_f: float
 def _fixed(detections: list[dict], kinds: tuple[str, ...], drop_all: bool = False) -> list[tuple[int, float, bool]]:
     """(category id, score, is true positive) of every detection after the oracle fixed the errors of `kinds`."""
     out = []
-    claimed: set[int] = set()
-    for det in sorted(detections, key=lambda d: -float(d["score"])):
+    for det in detections:
         outcome = det["outcome"]
         if outcome == "tp":
             out.append((det["category_id"], float(det["score"]), True))
         elif outcome not in kinds:
             out.append((det["category_id"], float(det["score"]), False))
-        elif not drop_all and outcome in ("cls", "loc") and det["gt_free"] and det["gt_index"] not in claimed:
-            claimed.add(det["gt_index"])  # the box's first (best) fixed detection takes it; later ones are removed
+        elif not drop_all and outcome in ("cls", "loc") and det["gt_free"] and det["gt_best"]:
             out.append((det["gt_category_id"], float(det["score"]), True))
     return out
 
