@@ -42,7 +42,9 @@ MAX_DETECTIONS = 100  # per image, as COCOeval's maxDets[-1]
 ERROR_TYPES = ("cls", "loc", "both", "dupe", "bkg", "miss")
 ERROR_NAMES = {"cls": "classification", "loc": "localisation", "both": "cls + loc", "dupe": "duplicate",
                "bkg": "background", "miss": "missed"}
-_RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's recThrs
+# 0, 0.01, ..., 1 as k / 100, as tidecv's ap.py: COCOeval's np.linspace puts some points one ulp off (0.35 ->
+# 0.35000000000000003), which moves a recall of exactly 0.35 to the next point; like with like against tidecv.
+_RECALL_POINTS = np.arange(101) / 100
 
 
 @dataclass
