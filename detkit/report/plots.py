@@ -121,7 +121,7 @@ def confusion(cm: ConfusionMatrix) -> Figure | None:
     ax.set_xticks(range(k + 1), [*cm.names, "missed"], rotation=90, fontsize=font)
     ax.set_yticks(range(k + 1), [*cm.names, "background"], fontsize=font)
     ax.set(xlabel="detected as", ylabel="ground truth",
-           title=f"Confusion at IoU {cm.iou_thresh}, score >= {cm.score_thresh} (counts in cells)")
+           title=f"Confusion at IoU {cm.iou_thresh}, score >= {cm.score_thresh}" + (" (counts in cells)" if k <= 30 else ""))
     if k <= 30:
         for i in range(k + 1):
             for j in range(k + 1):
