@@ -16,21 +16,31 @@ def analyze(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_detections_and_ground_truth_files_give_a_report_and_bad_ones_one_line(tmp_path):
+def test_detections_not_in_the_ground_truth_are_one_line_without_traceback(tmp_path):
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(ground_truth()))
-    empty = tmp_path / "empty.json"
-    empty.write_text("[]")
-    proc = analyze("--detections", empty, "--gt", gt, "--out", tmp_path / "out", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "the detections file holds no detections" in (tmp_path / "out" / "report.html").read_text()
-
     stray = tmp_path / "stray.json"
     stray.write_text(json.dumps([*RESULTS, {**RESULTS[0], "category_id": 42}]))
     proc = analyze("--detections", stray, "--gt", gt, "--out", tmp_path / "bad", cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "category_id 42, not in the ground truth" in lines[0]
     assert not (tmp_path / "bad" / "report.html").exists()
+
+
+def test_detections_files_empty_or_malformed(tmp_path):
+    import pytest
+
+    from detkit.errors import DetkitError
+    from detkit.report.run import read_results
+
+    (tmp_path / "empty.json").write_text("[]")
+    assert read_results(tmp_path / "empty.json") == []  # a report with marked empty sections (test_report.py)
+    (tmp_path / "dict.json").write_text('{"image_id": 1}')
+    with pytest.raises(DetkitError, match="must hold a JSON list of COCO results"):
+        read_results(tmp_path / "dict.json")
+    (tmp_path / "cut.json").write_text('[{"image_id": 1,')
+    with pytest.raises(DetkitError, match="is not valid JSON"):
+        read_results(tmp_path / "cut.json")
 
 
 def test_a_folder_that_is_no_run_is_one_clear_error(tmp_path):
