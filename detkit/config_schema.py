@@ -194,6 +194,7 @@ class TestConfig:
     # CPU inference: RoIAlign as one multi-threaded gather in the features' dtype (detkit.ops.roi_align_gather)
     gather_roi_align: bool = True
     channels_last: bool = True  # NHWC images into the backbone at test time (as model.backbone.channels_last)
+    report: bool = True  # write report.html (error analysis, detkit.report) after the test evaluation
 
 
 @dataclass

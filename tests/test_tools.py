@@ -46,10 +46,26 @@ def test_train_writes_metrics_weights_config_and_picture(trained_run):
         assert (trained_run / name).is_file(), name
 
 
+def test_train_writes_report_html_and_analyze_reads_and_compares_runs(trained_run, tmp_path):
+    html = (trained_run / "report.html").read_text()  # beside metrics.json, as the Quick start's demo run leaves it
+    assert 'id="errors"' in html and 'id="training"' in html and "Nothing to show: the run folder" not in html
+    assert (trained_run / "report_figures" / "pr_curves.png").is_file()
+    bare = tmp_path / "bare"  # a run folder without metrics.jsonl (nor metrics.json)
+    bare.mkdir()
+    for name in ("config.yaml", "detections_test.json"):
+        (bare / name).write_bytes((trained_run / name).read_bytes())
+    run_tool("analyze.py", str(bare), "--no-progress", cwd=tmp_path)
+    assert "Nothing to show: the run folder and its stage folders hold no metrics.jsonl" in (bare / "report.html").read_text()
+    run_tool("analyze.py", str(trained_run), str(bare), "--out", str(tmp_path / "compare"), cwd=tmp_path)
+    assert "Errors that changed" in (tmp_path / "compare" / "compare.html").read_text()
+
+
 def test_eval_and_infer_use_the_trained_model(trained_run, demo_cache, tmp_path):
     proc = run_tool("eval.py", str(trained_run / "config.yaml"), "--weights", str(trained_run / "model_final.pth"),
                     f"output_dir={tmp_path / 'eval'}", "--no-progress", cwd=tmp_path)
     assert "AP50" in proc.stdout and (tmp_path / "eval" / "eval" / "metrics.json").is_file()  # <output_dir>/eval
+    for name in ("report.html", "detections.json"):  # the error analysis and the detections it scored
+        assert (tmp_path / "eval" / "eval" / name).is_file(), name
     assert "infer:" not in proc.stderr  # --no-progress: no bar
     images = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[:2]
     out = tmp_path / "infer"

@@ -2,8 +2,9 @@
 
     python tools/eval.py CONFIG --weights W [KEY=VALUE ...] [--out DIR] [--no-progress]
 
-Prints the metrics table and writes metrics.json and config.yaml to --out (default <output_dir>/eval), beside a
-training run's own files, never over them.
+Prints the metrics table and writes metrics.json, config.yaml, detections.json (the COCO results it scored) and
+report.html (error analysis; test.report=false skips it) to --out (default <output_dir>/eval), beside a training
+run's own files, never over them.
 """
 import argparse
 from pathlib import Path
@@ -26,15 +27,19 @@ def main(args: argparse.Namespace) -> int:
     model = load_trained(cfg, args.weights).to(device)  # the class list the weights were trained with
     model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
     test_set = build_split(cfg, "test", class_list(cfg))
-    metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc",
-                          progress=not args.no_progress)
+    metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc",
+                                progress=not args.no_progress)
     print(format_coco_table(metrics))
     if "voc/mAP" in metrics:
         print(f"VOC mAP@0.5 (area): {metrics['voc/mAP']:.4f}")
     make_output_dir(out, key="--out")
     write_json(out / "metrics.json", metrics)
+    write_json(out / "detections.json", results)
     save_config(cfg, out / "config.yaml")
-    print(f"wrote {out / 'metrics.json'}")
+    print(f"wrote {out / 'metrics.json'} and detections.json")
+    from detkit.report.run import report_run
+
+    report_run(cfg, test_set, results, metrics, out)
     return 0
 
 
@@ -42,6 +47,7 @@ if __name__ == "__main__":
     parser = config_parser("eval.py", __doc__, config_help="YAML config (e.g. the config.yaml a training run wrote)",
                            overrides_help="dotted config overrides, e.g. data.root=/data/BCCD")
     parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
-    parser.add_argument("--out", help="folder for metrics.json and config.yaml (default <output_dir>/eval)")
+    parser.add_argument("--out", help="folder for metrics.json, config.yaml, detections.json and report.html "
+                                      "(default <output_dir>/eval)")
     add_common_args(parser, progress=True)
     run(main, parser)

@@ -2,7 +2,8 @@
 
     python tools/train.py CONFIG [KEY=VALUE ...] [--resume | --overwrite] [--check-data]
 
-Writes <output_dir>/config.yaml, metrics.jsonl, last.pth, model_final.pth, metrics.json and detections.png.
+Writes <output_dir>/config.yaml, metrics.jsonl, last.pth, model_final.pth, metrics.json, detections.png and
+report.html (error analysis, figures in report_figures/; test.report=false skips it).
 An output_dir that already holds a run needs --resume (continue it) or --overwrite (start over in it).
 """
 import argparse

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # Everything tools/train.py writes into output_dir; --overwrite removes exactly these (and nothing else).
 RUN_FILES = ("last.pth", "last.prev.pth", "last.diverged.pth", "model_final.pth", "metrics.jsonl", "metrics.json",
-             "config.yaml", "config_changes.jsonl", "detections_test.json", "detections.png")
+             "config.yaml", "config_changes.jsonl", "detections_test.json", "detections.png", "report.html")
 # The files whose presence means a training run already used the folder.
 _RUN_MARKERS = ("last.pth", "model_final.pth", "metrics.jsonl", "config.yaml")
 # Temporary names of detkit.atomic's writer: `.NAME.HOST.PID.RANDOM.tmp` (and `NAME.tmp`, from older versions).

@@ -129,8 +129,30 @@ def _resolve_backend(backend: str) -> str:
     return "faster_coco_eval"
 
 
+def coco_accumulated(coco_gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]],
+                     backend: str = "auto") -> dict[str, np.ndarray]:
+    """The evaluator's accumulated arrays of non-empty results: "precision" and "scores" [T, R, K, A, M] (-1 where a
+    class has no ground truth; T = IoU 0.50:0.95, R = 101 recall points, K = sorted category ids, A = all / small /
+    medium / large, M = maxDets 1 / 10 / 100), "stats" (12), "iou_thresholds", "recall_thresholds", "category_ids"."""
+    gt = _checked_ground_truth(coco_gt)
+    _check_results(results, gt)
+    if len(results) == 0:
+        raise DetkitError("coco_accumulated needs at least one detection result.")
+    evaluator = _cocoeval(gt, [dict(r) for r in results], _resolve_backend(backend))
+    return {"precision": np.asarray(evaluator.eval["precision"]), "scores": np.asarray(evaluator.eval["scores"]),
+            "stats": np.asarray(evaluator.stats, dtype=np.float64),
+            "iou_thresholds": np.asarray(evaluator.params.iouThrs), "recall_thresholds": np.asarray(
+                evaluator.params.recThrs), "category_ids": np.asarray(sorted(int(c["id"]) for c in gt["categories"]))}
+
+
 def _run_cocoeval(gt: dict, results: list[dict], backend: str) -> tuple[np.ndarray, np.ndarray]:
     """Run the chosen library quietly on `gt` and `results`, which it mutates; return its stats and precision."""
+    evaluator = _cocoeval(gt, results, backend)
+    return np.asarray(evaluator.stats, dtype=np.float64), np.asarray(evaluator.eval["precision"])
+
+
+def _cocoeval(gt: dict, results: list[dict], backend: str) -> Any:
+    """The chosen library's evaluator, run quietly (evaluate, accumulate, summarize) on `gt` and `results`."""
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCO, COCOeval_faster
@@ -148,7 +170,7 @@ def _run_cocoeval(gt: dict, results: list[dict], backend: str) -> tuple[np.ndarr
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return np.asarray(evaluator.stats, dtype=np.float64), np.asarray(evaluator.eval["precision"])
+    return evaluator
 
 
 def _checked_ground_truth(coco_gt: Mapping[str, Any]) -> dict:

@@ -21,6 +21,7 @@ from detkit.evaluation.amp import with_test_amp
 from detkit.evaluation.coco import format_coco_table
 from detkit.evaluation.predict import evaluate_sharded, save_detection_picture
 from detkit.modeling.build import prepare_for_test
+from detkit.report.run import report_run
 
 
 def build_train_and_test(cfg: Config, progress: bool = True) -> tuple[Any, Any]:
@@ -93,4 +94,5 @@ def report_trained(cfg: Config, model: nn.Module, summary: dict[str, Any], test_
     save_detection_picture(model, test_set, device, Path(cfg.output_dir) / "detections.png", cfg.model.class_names)
     print(format_coco_table(metrics))
     print(f"wrote {cfg.output_dir}/metrics.json, model_final.pth and detections.png")
+    report_run(cfg, test_set, results, metrics, cfg.output_dir, run_dir=cfg.output_dir)  # report.html (test.report)
     return metrics

@@ -180,4 +180,7 @@ def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwri
     save_detection_picture(model, test_set, device, out / "detections.png", cfg.model.class_names)
     print(format_coco_table(metrics))
     print(f"wrote {cfg.output_dir}/metrics.json, model_final.pth and detections.png")
+    from detkit.report.run import report_run
+
+    report_run(cfg, test_set, results, metrics, out, run_dir=out)  # report.html (test.report)
     return metrics

@@ -1,0 +1,1 @@
+"""The error-analysis report (report.html) and the dataset browser; matplotlib draws the figures."""
