@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detkit.atomic import write_json
 from detkit.benchmarks.bccd import DEFAULT_BCCD, REPO
 from detkit.errors import DetkitError
 
@@ -224,6 +225,6 @@ def main(args: argparse.Namespace) -> int:
     results = {name: run_side(name, builders[name], train, test, args, device) for name in sides}
     print(format_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "func"},
-                                               "results": results}, indent=1, default=str))
+        write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k != "func"}, "results": results},
+                   default=str)
     return 0

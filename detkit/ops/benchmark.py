@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import statistics
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import torch
 import torchvision
 from torch import Tensor
 
+from detkit.atomic import write_json
 from detkit.errors import DetkitError
 
 Fn = Callable[[], object]
@@ -200,6 +200,5 @@ def main(args: argparse.Namespace) -> int:
         del ours, reference
         torch.cuda.empty_cache()
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+        write_json(args.json, rows)
     return 0
