@@ -34,7 +34,7 @@ def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device
     r = cfg.model.rcnn
 
     def finetuned() -> nn.Module:
-        model = build_model(cfg, num_classes=num_classes)
+        model = build_model(cfg, num_classes=num_classes, init_weights=False)
         load_model_weights(out / STAGES[1] / "model_final.pth", model)
         return model.to(device).eval()
 
@@ -134,7 +134,7 @@ def assemble_model(cfg: Config, device: torch.device) -> nn.Module:
     import numpy as np
 
     out = Path(cfg.output_dir)
-    model = build_model(cfg, num_classes=len(cfg.model.class_names))
+    model = build_model(cfg, num_classes=len(cfg.model.class_names), init_weights=False)
     load_model_weights(out / STAGES[1] / "model_final.pth", model)
     predictor = model.roi_heads.box_predictor
     with np.load(out / STAGES[3] / "svms.npz") as svm:

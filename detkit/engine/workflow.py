@@ -70,7 +70,7 @@ def load_trained(cfg: Config, weights: str | Path) -> nn.Module:
     stored = ClassList.from_meta(read_class_meta(weights))
     classes = trained_class_list(m.class_names, m.category_ids, m.num_classes, stored, str(weights))
     m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
-    model = build_detector(cfg, num_classes=len(classes))
+    model = build_detector(cfg, num_classes=len(classes), init_weights=False)  # no initial weights are fetched
     load_model_weights(weights, model)
     return prepare_for_test(model, cfg).eval()
 
@@ -231,7 +231,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
 
         model, summary = train_alternating(cfg, train_set, device, resume=resume, progress=progress)
         return report_trained(cfg, model, summary, test_set, device, progress)
-    model = build_detector(cfg, num_classes=len(cfg.model.class_names))
+    fresh = not (resume and (Path(cfg.output_dir) / "last.pth").is_file())  # a resumed run loads last.pth instead
+    model = build_detector(cfg, num_classes=len(cfg.model.class_names), init_weights=fresh)
     def eval_fn(m: nn.Module) -> dict:
         return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers,
                                 progress=progress)[0]
@@ -322,7 +323,8 @@ def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | N
     if p.method == "rpn":
         proposal_settings(method="rpn", rpn_weights=p.rpn_weights)  # a missing weights file fails here, first
         if not all(store.has(i) for i in dataset.image_ids):  # the model is built only when there is work
-            rpn_model = build_model(rpn_config(cfg), num_classes=len(cfg.model.class_names or dataset.classes))
+            rpn_model = build_model(rpn_config(cfg), num_classes=len(cfg.model.class_names or dataset.classes),
+                                    init_weights=False)
             load_model_weights(p.rpn_weights, rpn_model)
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     propose_dataset(dataset, store, method=p.method, mode=p.mode, max_side=p.max_side, min_size=p.min_size, top_k=p.top_k,
@@ -331,15 +333,15 @@ def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | N
     return store.root
 
 
-def build_detector(cfg: Config, num_classes: int) -> nn.Module:
+def build_detector(cfg: Config, num_classes: int, *, init_weights: bool = True) -> nn.Module:
     """build_model, where model.backbone.norm sync_bn builds BatchNorm and, under a process group, converts it to
     SyncBatchNorm (the two share one state_dict, so weights load either way)."""
     backbone = cfg.model.backbone
     if backbone.norm != "sync_bn":
-        return build_model(cfg, num_classes=num_classes)
+        return build_model(cfg, num_classes=num_classes, init_weights=init_weights)
     backbone.norm = "bn"
     try:
-        model = build_model(cfg, num_classes=num_classes)
+        model = build_model(cfg, num_classes=num_classes, init_weights=init_weights)
     finally:
         backbone.norm = "sync_bn"
     return nn.SyncBatchNorm.convert_sync_batchnorm(model) if distributed.get_world_size() > 1 else model
