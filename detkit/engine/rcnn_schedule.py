@@ -90,7 +90,8 @@ def finetune_stage(cfg: Config, train_set: Any, test_set: Any, device: torch.dev
     """Fine-tunes the CNN as a K + 1-way classifier of warped windows with the ordinary Trainer; held-out accuracy."""
     from detkit.engine.workflow import make_trainer
 
-    model = build_model(cfg, num_classes=len(cfg.model.class_names))
+    fresh = not (resume and (folder / "last.pth").is_file())  # a resumed stage loads last.pth, fetches nothing
+    model = build_model(cfg, num_classes=len(cfg.model.class_names), init_weights=fresh)
     trainer = make_trainer(cfg, model, train_set, device, folder, progress=progress)
     summary = trainer.train(resume=resume)
     metrics = {"train/img_per_s": summary.get("train/img_per_s", float("nan")),
