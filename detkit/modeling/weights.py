@@ -161,13 +161,19 @@ def load_detector_weights(model: nn.Module, spec: str) -> list[str]:
     """Loads a whole detector's weights (model.weights) into ``model``; returns the class-dependent keys left at
     their fresh initialisation because the class count differs (printed too).
 
-    A torchvision state_dict's RPN conv (``rpn.head.conv.0.0.*``) is renamed to detkit's; BatchNorm's
+    A torchvision state_dict's RPN conv (``rpn.head.conv.0.0.*``) is renamed to detkit's (and such a file needs
+    ``model.roi_heads.aligned: false``, torchvision's MultiScaleRoIAlign; DetkitError otherwise); BatchNorm's
     ``num_batches_tracked`` counters are not weights; a part the model lacks altogether (a Fast R-CNN has no
     ``rpn``) is skipped with a note. Raises DetkitError naming the first keys that are missing, unexpected, or of
     another shape outside the class-dependent predictor.
     """
+    loaded = pretrained.read_state_dict(spec)
+    pooler = getattr(getattr(model, "roi_heads", None), "pooler", None)
+    if any(k.startswith(_TV_RPN_CONV) for k in loaded) and getattr(pooler, "aligned", False):
+        raise DetkitError(f"model.weights={spec} is a torchvision detector ({_TV_RPN_CONV}* keys), trained with "
+                          "RoIAlign aligned=False: set model.roi_heads.aligned=false")
     state = {(_DK_RPN_CONV + k[len(_TV_RPN_CONV):] if k.startswith(_TV_RPN_CONV) else k): v
-             for k, v in pretrained.read_state_dict(spec).items() if not k.endswith("num_batches_tracked")}
+             for k, v in loaded.items() if not k.endswith("num_batches_tracked")}
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     parts = {k.split(".")[0] for k in own}
     skipped = sorted({k.split(".")[0] for k in state if k.split(".")[0] not in parts})

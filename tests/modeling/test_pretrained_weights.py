@@ -271,6 +271,15 @@ def test_another_class_count_reinitialises_only_the_class_dependent_layers(torch
     assert all(torch.equal(v, tv_state[_tv_key(k)]) for k, v in own.items() if k not in predictor)
 
 
+def test_a_torchvision_state_dict_file_loads_and_needs_its_pooler(tmp_path):
+    source = build_model(_r18("model.backbone.norm=frozen_bn"))
+    torch.save({_tv_key(k): v for k, v in source.state_dict().items()}, tmp_path / "tv.pth")
+    with pytest.raises(DetkitError, match="set model.roi_heads.aligned=false"):
+        build_model(_r18(f"model.weights={tmp_path / 'tv.pth'}"))
+    model = build_model(_r18(f"model.weights={tmp_path / 'tv.pth'}", "model.roi_heads.aligned=false"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in source.state_dict().items())
+
+
 def test_rcnn_svms_and_regressors_are_class_dependent(tmp_path):
     rcnn = ["model.arch=rcnn", "model.backbone.fpn=false", "model.rcnn.warp_size=64", "model.rcnn.context_pad=4",
             "data.train.proposals=p", "data.test.proposals=p"]
