@@ -69,9 +69,10 @@ def _torchvision_detector(spec: str | None) -> pretrained.WeightsRef | None:
     ref = pretrained.resolve(spec)
     enum = type(ref.weights).__name__
     if enum not in TORCHVISION_DETECTORS:
-        kind = "a classification network's (use it as model.backbone.weights)" if "rcnn" not in str(ref.arch) \
-            and "retinanet" not in str(ref.arch) and "fcos" not in str(ref.arch) and "ssd" not in str(ref.arch) \
-            else "a detector detkit does not build"
+        from torchvision.models import detection, list_models
+
+        kind = "a detector detkit does not build" if ref.arch in list_models(module=detection) else \
+            "a classification network's (use it as model.backbone.weights)"
         raise DetkitError(f"model.weights={ref.spec} are {kind}: torchvision's {ref.arch}; of torchvision's "
                           "detection weights only FasterRCNN_ResNet50_FPN_Weights.COCO_V1 has detkit's layout")
     return ref

@@ -104,6 +104,7 @@ def test_backbone_from_a_name_holds_what_torchvision_loads_and_is_fetched_once(h
     assert trainable == {"layer2", "layer3", "layer4"}
     assert model.preprocessor.pixel_mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
     build_model(_r18(f"model.backbone.weights={R18}"))  # a warm cache: no second download
+    build_model(_r18(f"model.backbone.weights={get_weight(R18).url}"))  # its URL: the same cache file
     assert len(hub.calls) == 1
 
 
