@@ -90,7 +90,7 @@ def _counts(key: str) -> bool:
 
 
 def test_backbone_from_a_name_holds_what_torchvision_loads_and_is_fetched_once(hub):
-    model = build_model(_r18(f"model.backbone.weights=ResNet18_Weights.DEFAULT"))
+    model = build_model(_r18("model.backbone.weights=ResNet18_Weights.DEFAULT"))
     assert hub.calls == [get_weight(R18).url]
     assert (hub.checkpoints / "resnet18-f37072fd.pth").is_file()
     theirs = torchvision.models.resnet18(weights="ResNet18_Weights.DEFAULT").state_dict()  # same cache, no download
