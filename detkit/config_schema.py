@@ -37,8 +37,10 @@ class InputConfig:
     test_min_size: Optional[int] = None  # shorter side at test time (default: min_size, or its largest value)
     flip_prob: float = 0.5
     color_jitter: float = 0.0
-    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # RGB in [0, 1]; null: the weights' own (a torchvision name's transforms), else ImageNet's
+    # [0.485, 0.456, 0.406] / [0.229, 0.224, 0.225]; a value set here wins (a note is printed if it differs)
+    pixel_mean: Optional[list[float]] = None
+    pixel_std: Optional[list[float]] = None
 
 
 @dataclass
@@ -76,9 +78,13 @@ class ProposalsConfig:
 class BackboneConfig:
     name: Literal["vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     fpn: bool = True
-    norm: Literal["bn", "frozen_bn", "gn", "sync_bn"] = "bn"  # sync_bn: BatchNorm statistics over all ranks
-    weights: Optional[str] = None  # local torchvision-format ImageNet state_dict
-    trainable_layers: int = 5
+    # sync_bn: BatchNorm statistics over all ranks; auto: frozen_bn when starting from weights (model.weights or
+    # model.backbone.weights), else bn (torchvision's detection builders)
+    norm: Literal["auto", "bn", "frozen_bn", "gn", "sync_bn"] = "auto"
+    # ImageNet weights: a local torchvision-format file, a torchvision weights name (ResNet50_Weights.DEFAULT) or a
+    # URL, fetched once into $TORCH_HOME/hub/checkpoints (detkit.modeling.backbones.pretrained)
+    weights: Optional[str] = None
+    trainable_layers: Optional[int] = None  # stages trained (0-5); null: 3 when starting from weights, else 5
     channels_last: bool = False  # NHWC convolutions (for tensor cores on GPU; no gain measured on CPU)
 
 
@@ -144,6 +150,10 @@ class ModelConfig:
     num_classes: Optional[int] = None  # foreground classes; None takes the class list's length
     class_names: Optional[list[str]] = None  # label k names class_names[k - 1]; None: the training set's classes
     category_ids: Optional[list[int]] = None  # COCO category id of each class; None: the training set's (VOC: 1..K)
+    # A whole detector to start from (iteration 0, fresh optimizer): a torchvision detection weights name
+    # (FasterRCNN_ResNet50_FPN_Weights.COCO_V1), a torchvision state_dict file or a detkit model_final.pth /
+    # last.pth; class-dependent layers are re-initialised when the class count differs (detkit.modeling.weights)
+    weights: Optional[str] = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
     roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
@@ -158,9 +168,9 @@ class AlternatingConfig:
 
     iter_fractions: list[float] = field(default_factory=lambda: [1 / 3, 1 / 6, 1 / 3, 1 / 6])  # of solver.max_iter
     lr_factors: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])  # times solver.base_lr
-    # Step 2's backbone. fresh: initialised afresh, from model.backbone.weights (the paper: both networks start from
-    # the ImageNet model); step1: a copy of the step-1 RPN's trained backbone; auto: fresh when
-    # model.backbone.weights is set, else step1 (from scratch there is no pretrained network to start both from, and
+    # Step 2's backbone. fresh: initialised afresh, from model.backbone.weights or model.weights (the paper: both
+    # networks start from the ImageNet model); step1: a copy of the step-1 RPN's trained backbone; auto: fresh when
+    # model.backbone.weights or model.weights is set, else step1 (from scratch there is no pretrained network to start both from, and
     # a fresh step-2 backbone trains only during step 2 before steps 3-4 freeze it). Measured on the demo data with
     # configs/demo.yaml's step lengths: 0.686 mAP against joint's 0.710 (docs/benchmarks.md, "Training schedules").
     step2_backbone: Literal["auto", "fresh", "step1"] = "auto"

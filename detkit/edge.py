@@ -61,7 +61,7 @@ def load_trained(cfg: Config, weights: str | Path) -> nn.Module:
     stored = ClassList.from_meta(read_class_meta(weights))
     classes = trained_class_list(m.class_names, m.category_ids, m.num_classes, stored, str(weights))
     m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
-    model = build_detector(cfg, num_classes=len(classes))
+    model = build_detector(cfg, num_classes=len(classes), init_weights=False)  # no initial weights are fetched
     load_model_weights(weights, model)
     if model.needs_proposals:  # callable on an image alone: selective search with the proposals.* settings
         p = cfg.proposals
@@ -128,7 +128,8 @@ def ensure_proposals(cfg: Config, split: str, progress: bool = True) -> Path | N
     if p.method == "rpn":
         proposal_settings(method="rpn", rpn_weights=p.rpn_weights)  # a missing weights file fails here, first
         if not all(store.has(i) for i in dataset.image_ids):  # the model is built only when there is work
-            rpn_model = build_model(rpn_config(cfg), num_classes=len(cfg.model.class_names or dataset.classes))
+            rpn_model = build_model(rpn_config(cfg), num_classes=len(cfg.model.class_names or dataset.classes),
+                                    init_weights=False)
             load_model_weights(p.rpn_weights, rpn_model)
     device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     propose_dataset(dataset, store, method=p.method, mode=p.mode, max_side=p.max_side, min_size=p.min_size, top_k=p.top_k,

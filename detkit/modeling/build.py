@@ -26,6 +26,7 @@ from detkit.modeling.roi_heads.box_head import TwoMLPHead, compress_box_head
 from detkit.modeling.roi_heads.poolers import RoIPooler
 from detkit.modeling.roi_heads.predictors import FastRCNNPredictor
 from detkit.modeling.roi_heads.roi_heads import RoIHeads
+from detkit.modeling.weights import finish_build, resolved_config
 
 def check_schedule(cfg: Config) -> None:
     """Raises DetkitError when train.schedule cannot train the model: alternating and exact_joint need an RPN, and
@@ -197,13 +198,17 @@ def needs_proposals(arch: str) -> bool:
     return arch in ("fast_rcnn", "rcnn")
 
 
-def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector:
-    """The detector a config describes; num_classes counts foreground classes (cfg.model.num_classes wins)."""
+def build_model(cfg: Config, num_classes: int | None = None, *, init_weights: bool = True) -> TwoStageDetector:
+    """The detector a config describes; num_classes counts foreground classes (cfg.model.num_classes wins).
+
+    init_weights: load the starting weights (model.weights, model.backbone.weights; fetched into torch.hub's cache
+    when named); False builds the same network without them, for a trained file to load into (eval, --resume)."""
     num_classes = cfg.model.num_classes or num_classes
     if num_classes is None:
         raise DetkitError("the number of classes is unknown: set model.num_classes or build from a dataset")
     check_keys_apply(cfg)
-    return ARCHS[cfg.model.arch](cfg, num_classes)
+    built = resolved_config(cfg, init_weights=init_weights)  # auto norm / trainable stages / normalisation filled
+    return finish_build(ARCHS[built.model.arch](built, num_classes), built, init_weights=init_weights)
 
 
 def _built_norm(norm: str) -> str:
@@ -211,10 +216,10 @@ def _built_norm(norm: str) -> str:
     return "bn" if norm == "sync_bn" else norm
 
 
-def build_detector(cfg: Config, num_classes: int) -> TwoStageDetector:
+def build_detector(cfg: Config, num_classes: int, *, init_weights: bool = True) -> TwoStageDetector:
     """build_model, where model.backbone.norm sync_bn builds BatchNorm and, under a process group, converts it to
     SyncBatchNorm (the two share one state_dict, so weights load either way)."""
-    model = build_model(cfg, num_classes=num_classes)
+    model = build_model(cfg, num_classes=num_classes, init_weights=init_weights)
     if cfg.model.backbone.norm == "sync_bn" and get_world_size() > 1:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

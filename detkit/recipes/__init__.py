@@ -49,6 +49,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     """Trains the config's detector with its recipe, evaluates it on data.test and writes metrics.json; returns the
     metrics. A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before
     anything is written, other changes are warned about and recorded (detkit.engine.run_dir)."""
+    from detkit.modeling.weights import resolved_config
+
+    # The automatic values (norm, trainable stages, normalisation, a torchvision detector's settings) made concrete
+    # once, so the run stores, compares on --resume and saves what it builds (runs from before the automatic
+    # defaults resume unchanged).
+    cfg = resolved_config(cfg)
     name = recipe_name(cfg)
     if name not in MULTI_PROCESS and distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
         where = "model.arch=rcnn" if name == "rcnn" else f"train.schedule={name}"

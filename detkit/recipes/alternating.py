@@ -85,7 +85,7 @@ def step2_starts_from_step1(cfg: Config) -> bool:
     """Whether step 2's backbone is a copy of step 1's (train.alternating.step2_backbone; auto: when the backbone
     has no pretrained weights)."""
     choice = cfg.train.alternating.step2_backbone
-    return choice == "step1" or (choice == "auto" and not cfg.model.backbone.weights)
+    return choice == "step1" or (choice == "auto" and not (cfg.model.backbone.weights or cfg.model.weights))
 
 
 def load_parts(model: nn.Module, weights: Path, missing_prefix: str) -> None:

@@ -8,6 +8,7 @@ proposals) in output_dir itself, evaluated on data.test at the end.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,8 @@ def train_joint(cfg: Config, train_set: Any, test_set: Any, device: torch.device
                 progress: bool = True) -> dict[str, float]:
     """Trains the config's detector in cfg.output_dir (evaluating every train.eval_period iterations when set),
     then reports it on test_set; returns the metrics."""
-    model = build_detector(cfg, num_classes=len(cfg.model.class_names))
+    fresh = not (resume and (Path(cfg.output_dir) / "last.pth").is_file())  # a resumed run loads last.pth instead
+    model = build_detector(cfg, num_classes=len(cfg.model.class_names), init_weights=fresh)
 
     def eval_fn(m: nn.Module) -> dict:
         return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers,

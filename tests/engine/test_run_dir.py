@@ -113,3 +113,15 @@ def test_resume_removes_the_temporary_files_of_the_one_atomic_writer(tmp_path):
     (tmp_path / "notes.tmp").write_text("mine")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(left)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.tmp"]
+
+
+def test_a_run_from_before_the_automatic_defaults_resumes_with_its_config(tmp_path):
+    """norm: auto, trainable_layers / pixel_mean / pixel_std: null resolve to what such a run stored (bn, 5, ImageNet)."""
+    from detkit.config import config_to_dict
+    from detkit.modeling.weights import resolved_config
+
+    current = config_to_dict(resolved_config(load_config("configs/demo.yaml")))
+    stored = json.loads(json.dumps(current))
+    stored["model"]["backbone"].update(norm="bn", trainable_layers=5)
+    stored["input"].update(pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225])
+    assert config_changes(stored, current) == {}

@@ -90,7 +90,7 @@ def test_every_shipped_config_loads_and_builds():
         if key in built:
             continue
         with torch.device("meta"):  # every constructor runs; the weights' random init (seconds for VGG16) does not
-            model = build_model(cfg)
+            model = build_model(cfg, init_weights=False)  # configs/finetune' weights: test_pretrained_weights.py
         assert (model.rpn is None) == (cfg.model.arch != "faster_rcnn"), config
         built[key] = config
     assert len(built) >= 12  # distinct detectors among the shipped configs

@@ -3,7 +3,9 @@
 Names: ``vgg16``, ``vgg16_bn`` (conv5_3, stride 16, 512 channels) and ``resnet18/34/50/101`` (C4, stride 16,
 or ResNet+FPN P2-P6 with ``fpn=True``). Every backbone maps images [N, 3, H, W] to an ordered dict of feature
 maps and carries ``out_channels`` (int) and ``strides`` (feature name -> stride in input pixels).
-Weights files are torchvision-format classification state_dicts on local disk; nothing is ever downloaded.
+Weights are torchvision-format classification state_dicts: a local file, a torchvision weights name
+(``ResNet50_Weights.IMAGENET1K_V1``) or a URL, the last two fetched once into torch.hub's cache
+(detkit.modeling.backbones.pretrained).
 """
 
 from collections.abc import Mapping, Sequence
@@ -17,7 +19,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detkit.errors import DetkitError
 
-from . import resnet, vgg
+from . import pretrained, resnet, vgg
 from .fpn import ResNetFPN
 
 NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
@@ -47,17 +49,9 @@ def _first(keys: Sequence[str]) -> str:
 
 
 def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state_dict of tensors from ``path`` on CPU, raising DetkitError if that is not what the file holds."""
-    path = Path(path)
-    if not path.is_file():
-        raise DetkitError(f"Weights file {path} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise DetkitError(f"Weights file {path} could not be read as a torch state_dict: {error}") from error
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DetkitError(f"Weights file {path} does not hold a state_dict (a dict of tensor names to tensors).")
-    return dict(state)
+    """The state_dict of tensors a weights spec (file, torchvision name or URL) holds, on CPU (fetched first when
+    not in torch.hub's cache); DetkitError if the file is missing, unreadable or holds something else."""
+    return pretrained.read_state_dict(path)
 
 
 def load_torchvision_weights(
@@ -131,6 +125,7 @@ def build_backbone(
     norm_layer = _norm_layer(norm)
     if not isinstance(trainable_layers, int) or not 0 <= trainable_layers <= 5:
         raise DetkitError(f"trainable_layers must be an integer from 0 to 5, got {trainable_layers!r}.")
+    pretrained.check_backbone_arch(None if weights is None else str(weights), name)
     if BACKBONES[name] == "vgg":
         if fpn:
             raise DetkitError(f"Backbone {name!r} has no FPN variant; fpn=True needs a ResNet backbone.")
@@ -164,8 +159,13 @@ def build_res5_head(name: str, *, norm: str = "bn", weights: str | Path | None =
 
 
 def build_vgg_fc_head(*, weights: str | Path | None = None, dropout: float = 0.5) -> nn.Module:
-    """Build VGG16's fc6/fc7 box head, weights from ``classifier.0`` / ``classifier.3`` of a vgg16(_bn) file."""
+    """Build VGG16's fc6/fc7 box head, weights from ``classifier.0`` / ``classifier.3`` of a vgg16(_bn) file;
+    weights whose classifier is not valid (``VGG16_Weights.IMAGENET1K_FEATURES``) leave fc6/fc7 randomly
+    initialised, with a message."""
     head = vgg.VGGFCHead(dropout=dropout)
-    if weights is not None:
+    if weights is not None and not pretrained.has_valid_classifier(str(weights)):
+        print(f"fc6/fc7 start from random weights: {weights} hold no valid classifier (torchvision: only the "
+              "features are trained)", flush=True)
+    elif weights is not None:
         load_torchvision_weights(head, weights, vgg.HEAD_WEIGHT_PREFIXES)
     return head

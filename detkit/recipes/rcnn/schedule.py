@@ -40,7 +40,7 @@ def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device
     r = cfg.model.rcnn
 
     def finetuned() -> nn.Module:
-        model = build_model(cfg, num_classes=num_classes)
+        model = build_model(cfg, num_classes=num_classes, init_weights=False)
         load_model_weights(out / STAGES[1] / "model_final.pth", model)
         return model.to(device).eval()
 
@@ -96,7 +96,8 @@ def _image_ids(dataset: Any) -> list[int]:
 def finetune_stage(cfg: Config, train_set: Any, test_set: Any, device: torch.device, folder: Path, resume: bool,
                    progress: bool) -> dict[str, Any]:
     """Fine-tunes the CNN as a K + 1-way classifier of warped windows with the ordinary Trainer; held-out accuracy."""
-    model = build_model(cfg, num_classes=len(cfg.model.class_names))
+    fresh = not (resume and (folder / "last.pth").is_file())  # a resumed stage loads last.pth, fetches nothing
+    model = build_model(cfg, num_classes=len(cfg.model.class_names), init_weights=fresh)
     trainer = common.make_trainer(cfg, model, train_set, device, folder, progress=progress)
     summary = trainer.train(resume=resume)
     metrics = {"train/img_per_s": summary.get("train/img_per_s", float("nan")),
@@ -128,7 +129,7 @@ def assemble_model(cfg: Config, device: torch.device) -> nn.Module:
     import numpy as np
 
     out = Path(cfg.output_dir)
-    model = build_model(cfg, num_classes=len(cfg.model.class_names))
+    model = build_model(cfg, num_classes=len(cfg.model.class_names), init_weights=False)
     load_model_weights(out / STAGES[1] / "model_final.pth", model)
     predictor = model.roi_heads.box_predictor
     with np.load(out / STAGES[3] / "svms.npz") as svm:
