@@ -32,7 +32,7 @@ from detkit.data.image_io import read_image, to_tensor
 from detkit.modeling.preprocess import to_input_pixels
 from detkit.errors import DetkitError
 from detkit.evaluation.recall import proposal_recall
-from detkit.modeling.proposals.selective_search import selective_search
+from detkit.modeling.proposals.selective_search import finish_boxes, propose_image  # noqa: F401 (torch-free: detkit.deploy)
 
 META_FILE = "meta.json"
 RECALL_FILE = "recall.json"
@@ -135,35 +135,6 @@ def proposal_settings(*, method: str = "selective_search", mode: str = "fast", m
                           f"{max_side}, top_k={top_k}, min_size={min_size}")
     return {"method": "selective_search", "mode": mode, "max_side": int(max_side), "min_size": float(min_size),
             "top_k": int(top_k)}
-
-
-def finish_boxes(boxes: np.ndarray, height: int, width: int, min_size: float, top_k: int) -> np.ndarray:
-    """Clips to the image, drops boxes under min_size pixels and exact duplicates (first kept), keeps top_k."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    wide = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
-    boxes = boxes[wide]
-    _, first = np.unique(boxes, axis=0, return_index=True)
-    return boxes[np.sort(first)][:top_k]
-
-
-def propose_image(image: np.ndarray, *, mode: str = "fast", max_side: int = 500, min_size: float = 1.0,
-                  top_k: int = 2000) -> np.ndarray:
-    """Selective-search boxes (P, 4) float32 in the pixels of ``image`` (HWC uint8 RGB), searched at most max_side."""
-    import cv2
-
-    height, width = image.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    small = image
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 sizes are (w, h)
-        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    boxes = selective_search(small, mode=mode, max_proposals=np.iinfo(np.int32).max, min_size=0.0).numpy()
-    # Per-axis factors: rounding makes the two sides' scales differ slightly.
-    sx, sy = width / small.shape[1], height / small.shape[0]
-    boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
-    return finish_boxes(boxes, height, width, min_size, top_k)
 
 
 @torch.no_grad()

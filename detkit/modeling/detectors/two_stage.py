@@ -100,7 +100,7 @@ class TwoStageDetector(nn.Module):
         if self.training:
             targets = check_targets(images, targets)
         proposals = self._input_proposals(len(images), targets, proposals)
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        original_sizes = [tuple(im.shape[-2:]) for im in images]  # ints; traced sizes while exporting to ONNX
         batch, targets, proposals = self.preprocessor(images, targets, proposals)
         x = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
         features = self.backbone(x)
