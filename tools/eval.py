@@ -1,6 +1,7 @@
 """Evaluate trained weights on a config's test split: COCO metrics (and VOC AP for VOC data).
 
     python tools/eval.py CONFIG --weights W [KEY=VALUE ...] [--out DIR] [--no-progress]
+    python tools/eval.py CONFIG --onnx model.onnx [KEY=VALUE ...]     (an export of tools/export.py, ONNX Runtime)
 
 Prints the metrics table and writes metrics.json and config.yaml to --out (default <output_dir>/eval), beside a
 training run's own files, never over them.
@@ -21,11 +22,14 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     out = check_not_a_run(args.out or Path(cfg.output_dir) / "eval", key="--out")
     device = setup(cfg, make_output_dir=False)
-    model = load_trained(cfg, args.weights).to(device)  # the class list the weights were trained with
-    model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
-    test_set = build_split(cfg, "test", class_list(cfg))
-    metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=cfg.data.test.format == "voc",
-                          progress=not args.no_progress)
+    voc = cfg.data.test.format == "voc"
+    if args.onnx:
+        metrics = evaluate_onnx(cfg, args.onnx, voc, progress=not args.no_progress)
+    else:
+        model = load_trained(cfg, args.weights).to(device)  # the class list the weights were trained with
+        model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
+        test_set = build_split(cfg, "test", class_list(cfg))
+        metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc, progress=not args.no_progress)
     print(format_coco_table(metrics))
     if "voc/mAP" in metrics:
         print(f"VOC mAP@0.5 (area): {metrics['voc/mAP']:.4f}")
@@ -36,10 +40,32 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_onnx(cfg, path: str, voc: bool, progress: bool) -> dict:
+    """COCO (and VOC) metrics of an ONNX export on the config's test split, run by ONNX Runtime (cfg.threads)."""
+    from detkit.data.classes import trained_class_list
+    from detkit.deploy import OnnxDetector
+    from detkit.deploy.predict import onnx_class_list, predict_onnx
+    from detkit.engine.workflow import build_split, score
+
+    detector = OnnxDetector(path, threads=cfg.threads)
+    m = cfg.model
+    if m.arch != detector.metadata["arch"]:
+        from detkit.errors import DetkitError
+        raise DetkitError(f"{path} is a {detector.metadata['arch']} export but the config's model.arch is {m.arch}")
+    classes = trained_class_list(m.class_names, m.category_ids, m.num_classes, onnx_class_list(detector), path)
+    m.class_names, m.category_ids = list(classes.names), list(classes.category_ids)
+    test_set = build_split(cfg, "test", classes, progress=progress)
+    outputs, img_per_s = predict_onnx(detector, test_set, progress=progress)
+    metrics, _ = score(outputs, test_set, voc, img_per_s)
+    return metrics
+
+
 if __name__ == "__main__":
     parser = config_parser("eval.py", __doc__, config_help="YAML config (e.g. the config.yaml a training run wrote)",
                            overrides_help="dotted config overrides, e.g. data.root=/data/BCCD")
-    parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="model_final.pth or a checkpoint (last.pth)")
+    source.add_argument("--onnx", help="an .onnx file from tools/export.py, run with ONNX Runtime")
     parser.add_argument("--out", help="folder for metrics.json and config.yaml (default <output_dir>/eval)")
     add_common_args(parser, progress=True)
     run(main, parser)

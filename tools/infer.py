@@ -1,6 +1,7 @@
 """Detect objects in images: writes COCO-format results, drawn pictures and the config used.
 
     python tools/infer.py IMAGE_OR_FOLDER ... [--config C] [--weights W] [--out DIR] [--score-thresh S] [--no-progress]
+    python tools/infer.py --onnx model.onnx IMAGE_OR_FOLDER ... [--threads N]   (ONNX Runtime, tools/export.py)
 
 With no --config/--weights it uses the model the README's main command trained (outputs/demo). Each input gets its
 own drawn picture under --out, at its path relative to the inputs' common folder; an input file is never written
@@ -31,21 +32,33 @@ def main(args: argparse.Namespace) -> int:
     from detkit.engine.workflow import class_list, load_trained, propose, setup
     from detkit.visualize import draw_detections, save_image
 
-    config = Path(args.config) if args.config else DEFAULT_RUN / "config.yaml"
-    if not config.is_file():
-        raise DetkitError(f"no trained model at {config.parent}: train one first with "
-                          "`python tools/train.py configs/demo.yaml`, or pass --config and --weights")
-    cfg = load_config(config)
+    if args.onnx and (args.config or args.weights):
+        raise DetkitError("--onnx runs an exported model: it takes no --config or --weights")
+    cfg = None
+    if not args.onnx:
+        config = Path(args.config) if args.config else DEFAULT_RUN / "config.yaml"
+        if not config.is_file():
+            raise DetkitError(f"no trained model at {config.parent}: train one first with "
+                              "`python tools/train.py configs/demo.yaml`, or pass --config and --weights")
+        cfg = load_config(config)
     out = check_not_a_run(args.out, key="--out")
     images = collect_images(args.inputs)
     drawn_paths = output_paths(images, out)  # refuses before any work when an input would be written over
+    if args.onnx:
+        from detkit.deploy import OnnxDetector
+
+        detector = OnnxDetector(args.onnx, threads=args.threads)  # checked before any folder is made
+        names, category_ids = detector.class_names, dict(enumerate(detector.category_ids, start=1))
+        needs_proposals = False  # the export runs selective search itself
     make_output_dir(out, key="--out")
-    weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
-    device = setup(cfg, make_output_dir=False)
-    model = load_trained(cfg, weights).to(device)  # the class names and ids the weights were trained with
-    model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
-    classes = class_list(cfg)
-    names, category_ids = list(classes.names), classes.label_to_category_id
+    if cfg is not None:
+        weights = Path(args.weights) if args.weights else Path(cfg.output_dir) / "model_final.pth"
+        device = setup(cfg, make_output_dir=False)
+        model = load_trained(cfg, weights).to(device)  # the class names and ids the weights were trained with
+        model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
+        classes = class_list(cfg)
+        names, category_ids = list(classes.names), classes.label_to_category_id
+        needs_proposals = model.needs_proposals
     results, skipped, done, propose_s = [], [], 0, 0.0
     try:
         bar = tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True, disable=args.no_progress)
@@ -59,13 +72,16 @@ def main(args: argparse.Namespace) -> int:
                 skipped.append(str(path))
                 continue
             image = to_tensor(pixels)
-            kwargs = {}
-            if model.needs_proposals:  # no proposal generator in the model: selective search on the fly
-                start = time.perf_counter()
-                kwargs["proposals"] = [propose(cfg, pixels).to(device)]
-                propose_s += time.perf_counter() - start
-            with torch.no_grad():
-                det = {k: v.cpu() for k, v in model([image.to(device)], **kwargs)[0].items()}
+            if cfg is None:
+                det = {k: torch.from_numpy(v) for k, v in detector(pixels)._asdict().items()}
+            else:
+                kwargs = {}
+                if needs_proposals:  # no proposal generator in the model: selective search on the fly
+                    start = time.perf_counter()
+                    kwargs["proposals"] = [propose(cfg, pixels).to(device)]
+                    propose_s += time.perf_counter() - start
+                with torch.no_grad():
+                    det = {k: v.cpu() for k, v in model([image.to(device)], **kwargs)[0].items()}
             keep = det["scores"] >= args.score_thresh
             for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
                                          det["scores"][keep].tolist()):
@@ -78,10 +94,11 @@ def main(args: argparse.Namespace) -> int:
             done += 1
     finally:  # an error, --stop-on-error or Ctrl-C still leaves the results of the images done
         (out / "detections.json").write_text(json.dumps(results, indent=1))
-        save_config(cfg, out / "config.yaml")
+        if cfg is not None:
+            save_config(cfg, out / "config.yaml")
     note = f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""
     print(f"{len(results)} detections in {done} images{note}: {out}/detections.json and drawn images in {out}/")
-    if model.needs_proposals and done:
+    if needs_proposals and done:
         print(f"note: selective search ({cfg.proposals.mode} mode) took {propose_s:.1f} s "
               f"({propose_s / done:.2f} s per image) of this run")
     return 0
@@ -95,6 +112,8 @@ if __name__ == "__main__":
     parser.add_argument("--weights", help="weights (default <output_dir>/model_final.pth of the config)")
     parser.add_argument("--out", default="outputs/infer", help="folder for detections.json and drawn images")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score to keep (default 0.5)")
+    parser.add_argument("--onnx", help="an .onnx file from tools/export.py, run with ONNX Runtime (no --config)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads with --onnx (default: one per core)")
     parser.add_argument("--stop-on-error", action="store_true",
                         help="stop at the first unreadable image instead of skipping it")
     add_common_args(parser, progress=True)

@@ -109,7 +109,10 @@ class OnnxDetector:
         """Selective-search proposals (P, 4) float32 with the settings stored at export (Fast R-CNN)."""
         from detkit.modeling.proposals.selective_search import propose_image
 
-        return propose_image(image, **self.metadata.get("proposals", {}))
+        settings = self.metadata.get("proposals")
+        if not settings:
+            raise DetkitError(f"{self.path} was trained on RPN proposals, which it cannot compute: pass proposals=")
+        return propose_image(image, **settings)
 
 
 def check_image(image: Any) -> np.ndarray:
