@@ -195,6 +195,9 @@ class TestConfig:
     # CPU inference: RoIAlign as one multi-threaded gather in the features' dtype (detkit.ops.roi_align_gather)
     gather_roi_align: bool = True
     channels_last: bool = True  # NHWC images into the backbone at test time (as model.backbone.channels_last)
+    # images per forward in eval.py, infer.py and the evaluation after training; > 1 pads them to one size, which
+    # moves detections slightly at the borders of smaller images (docs/benchmarks.md "Batched inference")
+    batch_size: int = 1
 
 
 @dataclass

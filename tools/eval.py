@@ -29,7 +29,8 @@ def main(args: argparse.Namespace) -> int:
         model = load_trained(cfg, args.weights).to(device)  # the class list the weights were trained with
         model = with_test_amp(model, cfg.test.amp, device)  # bf16 autocast where it applies (test.amp)
         test_set = build_split(cfg, "test", class_list(cfg))
-        metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc, progress=not args.no_progress)
+        metrics, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc, progress=not args.no_progress,
+                              batch_size=cfg.test.batch_size)
     print(format_coco_table(metrics))
     if "voc/mAP" in metrics:
         print(f"VOC mAP@0.5 (area): {metrics['voc/mAP']:.4f}")

@@ -6,8 +6,9 @@
 With no --config/--weights it uses the model the README's main command trained (outputs/demo). Each input gets its
 own drawn picture under --out, at its path relative to the inputs' common folder; an input file is never written
 over. An unreadable image is skipped with a warning (--stop-on-error stops instead); detections.json always holds
-the results of the images done. A detector that reads proposals (Fast R-CNN) gets them from selective search on
-each image, and the time that costs is printed.
+the results of the images done. --batch-size images (default: the config's test.batch_size) go through the
+model at a time. A detector that reads proposals (Fast R-CNN) gets them from selective search on each image, and
+the time that costs is printed.
 """
 import argparse
 import json
@@ -60,38 +61,50 @@ def main(args: argparse.Namespace) -> int:
         names, category_ids = list(classes.names), classes.label_to_category_id
         needs_proposals = model.needs_proposals
     results, skipped, done, propose_s = [], [], 0, 0.0
+    batch_size = 1 if cfg is None else cfg.test.batch_size if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise DetkitError(f"--batch-size must be at least 1, got {batch_size}")
+    todo = list(enumerate(zip(images, drawn_paths), start=1))
     try:
-        bar = tqdm(list(zip(images, drawn_paths)), desc="infer", dynamic_ncols=True, disable=args.no_progress)
-        for image_id, (path, drawn_path) in enumerate(bar, start=1):
-            try:
-                pixels = read_image(path)
-            except DetkitError as error:
-                if args.stop_on_error:
-                    raise
-                tqdm.write(f"infer.py: warning: {error} Skipped.", file=sys.stderr)
-                skipped.append(str(path))
-                continue
-            image = to_tensor(pixels)
-            if cfg is None:
-                det = {k: torch.from_numpy(v) for k, v in detector(pixels)._asdict().items()}
+        bar = tqdm(total=len(todo), desc="infer", dynamic_ncols=True, disable=args.no_progress)
+        for first in range(0, len(todo), batch_size):
+            batch = []
+            for image_id, (path, drawn_path) in todo[first:first + batch_size]:
+                try:
+                    batch.append((image_id, path, drawn_path, read_image(path)))
+                except DetkitError as error:
+                    if args.stop_on_error:
+                        raise
+                    tqdm.write(f"infer.py: warning: {error} Skipped.", file=sys.stderr)
+                    skipped.append(str(path))
+            tensors = [to_tensor(pixels) for *_, pixels in batch]
+            if not batch:
+                dets = []
+            elif cfg is None:
+                dets = [{k: torch.from_numpy(v) for k, v in detector(pixels)._asdict().items()}
+                        for *_, pixels in batch]
             else:
                 kwargs = {}
                 if needs_proposals:  # no proposal generator in the model: selective search on the fly
                     start = time.perf_counter()
-                    kwargs["proposals"] = [propose(cfg, pixels).to(device)]
+                    kwargs["proposals"] = [propose(cfg, pixels).to(device) for *_, pixels in batch]
                     propose_s += time.perf_counter() - start
                 with torch.no_grad():
-                    det = {k: v.cpu() for k, v in model([image.to(device)], **kwargs)[0].items()}
-            keep = det["scores"] >= args.score_thresh
-            for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
-                                         det["scores"][keep].tolist()):
-                results.append({"image_id": image_id, "file_name": str(path), "category_id": category_ids[label],
-                                "category": names[label - 1], "score": round(score, 5),
-                                "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
-                                         round(box[3] - box[1], 2)]})
-            drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
-            save_image(drawn, drawn_path)
-            done += 1
+                    dets = [{k: v.cpu() for k, v in d.items()}
+                            for d in model([im.to(device) for im in tensors], **kwargs)]
+            for (image_id, path, drawn_path, _), image, det in zip(batch, tensors, dets):
+                keep = det["scores"] >= args.score_thresh
+                for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
+                                             det["scores"][keep].tolist()):
+                    results.append({"image_id": image_id, "file_name": str(path), "category_id": category_ids[label],
+                                    "category": names[label - 1], "score": round(score, 5),
+                                    "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
+                                             round(box[3] - box[1], 2)]})
+                drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
+                save_image(drawn, drawn_path)
+                done += 1
+            bar.update(len(todo[first:first + batch_size]))
+        bar.close()
     finally:  # an error, --stop-on-error or Ctrl-C still leaves the results of the images done
         (out / "detections.json").write_text(json.dumps(results, indent=1))
         if cfg is not None:
@@ -112,6 +125,7 @@ if __name__ == "__main__":
     parser.add_argument("--weights", help="weights (default <output_dir>/model_final.pth of the config)")
     parser.add_argument("--out", default="outputs/infer", help="folder for detections.json and drawn images")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="lowest score to keep (default 0.5)")
+    parser.add_argument("--batch-size", type=int, help="images per forward (default: the config's test.batch_size)")
     parser.add_argument("--onnx", help="an .onnx file from tools/export.py, run with ONNX Runtime (no --config)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads with --onnx (default: one per core)")
     parser.add_argument("--stop-on-error", action="store_true",

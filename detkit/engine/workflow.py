@@ -170,11 +170,11 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
 
 
 def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
-             voc: bool = False, progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+             voc: bool = False, progress: bool = True, batch_size: int = 1) -> tuple[dict[str, float], list[dict]]:
     """COCO metrics (and VOC AP with voc=True) of a model on a dataset, and its COCO-format results."""
     # On the CPU, loader workers would compete with the model for the same cores: decode in-process.
     workers = num_workers if device.type == "cuda" else 0
-    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=workers), device,
+    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=batch_size, num_workers=workers), device,
                                  progress=progress)
     return score(outputs, dataset, voc, img_per_s)
 
@@ -234,7 +234,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     model = build_detector(cfg, num_classes=len(cfg.model.class_names))
     def eval_fn(m: nn.Module) -> dict:
         return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers,
-                                progress=progress)[0]
+                                progress=progress, batch_size=cfg.test.batch_size)[0]
 
     trainer = make_trainer(cfg, model, train_set, device, cfg.output_dir, progress=progress,
                            eval_fn=eval_fn if cfg.train.eval_period else None)
@@ -274,7 +274,8 @@ def report_trained(cfg: Config, model: nn.Module, summary: dict[str, Any], test_
     prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     model = with_test_amp(model, cfg.test.amp, device)
     metrics, results = evaluate_sharded(model, test_set, device, cfg.data.num_workers,
-                                        voc=cfg.data.test.format == "voc", progress=progress)
+                                        voc=cfg.data.test.format == "voc", progress=progress,
+                                        batch_size=cfg.test.batch_size)
     if not distributed.is_main_process():
         return metrics
     metrics["train/img_per_s"] = summary.get("train/img_per_s", float("nan"))
@@ -364,14 +365,14 @@ def join_process_group(cfg: Config, resume: bool, overwrite: bool) -> tuple[torc
 
 
 def evaluate_sharded(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
-                     voc: bool = False, progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+                     voc: bool = False, progress: bool = True, batch_size: int = 1) -> tuple[dict[str, float], list[dict]]:
     """evaluate() with the images split over the ranks and the detections gathered on rank 0, which alone returns
     the metrics and results (the other ranks return empty ones); one process calls evaluate() itself."""
     if distributed.get_world_size() == 1:
-        return evaluate(model, dataset, device, num_workers, voc=voc, progress=progress)
+        return evaluate(model, dataset, device, num_workers, voc=voc, progress=progress, batch_size=batch_size)
     shard = torch.utils.data.Subset(dataset, distributed.shard_indices(len(dataset)))
     workers = num_workers if device.type == "cuda" else 0
-    outputs, img_per_s = predict(model, build_test_loader(shard, batch_size=1, num_workers=workers), device,
+    outputs, img_per_s = predict(model, build_test_loader(shard, batch_size=batch_size, num_workers=workers), device,
                                  progress=progress)
     total_img_per_s = float(distributed.mean_over_ranks(torch.tensor(img_per_s, device=device))) * distributed.get_world_size()
     gathered = distributed.gather_sharded(outputs, len(dataset))
