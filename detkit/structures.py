@@ -33,11 +33,11 @@ class ImageList:
     def _from_traced(cls, images: list[Tensor], size_divisible: int, pad_value: float) -> "ImageList":
         """from_tensors for ONNX export: the padding from the images' traced shapes (image_sizes hold 0-dim
         tensors), so the graph pads every image size as eager mode does."""
-        shapes = torch.stack([torch._shape_as_tensor(im)[-2:] for im in images])
-        padded = (shapes.max(0).values + size_divisible - 1) // size_divisible * size_divisible
+        sizes = [torch._shape_as_tensor(im)[-2:] for im in images]  # (h, w) of each image, int64
+        padded = (torch.stack(sizes).max(0).values + size_divisible - 1) // size_divisible * size_divisible
         batch = torch.stack([F.pad(im, (0, padded[1] - s[1], 0, padded[0] - s[0]), value=pad_value)
-                             for im, s in zip(images, shapes)])
-        return cls(batch, [(s[0], s[1]) for s in shapes])
+                             for im, s in zip(images, sizes)])
+        return cls(batch, [(s[0], s[1]) for s in sizes])
 
     def to(self, device: torch.device | str) -> "ImageList":
         """The same batch on another device."""

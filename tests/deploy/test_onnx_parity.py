@@ -114,3 +114,17 @@ def test_no_detection_gives_empty_outputs(tmp_path):
     for proposals in (random_proposals(np.random.default_rng(0), 80, 120), np.zeros((0, 4), np.float32)):
         boxes, labels, scores = detector(image, proposals)
         assert boxes.shape == (0, 4) and labels.shape == (0,) and scores.shape == (0,)
+
+
+def test_fast_rcnn_export_computes_the_selective_search_proposals_of_its_metadata(exported):
+    name, model, path = exported
+    if not model.needs_proposals:
+        pytest.skip("a detector with an RPN takes no proposals")
+    from detkit.modeling.proposals.selective_search import propose_image
+
+    detector = OnnxDetector(path)
+    image = random_image(np.random.default_rng(2), 90, 120)
+    boxes, labels, scores = detector(image)  # proposals from the stored settings (fast mode, max_side 500, ...)
+    want = eager(model, image, propose_image(image, mode="fast", max_side=500, min_size=1.0, top_k=2000))
+    assert labels.tolist() == want["labels"].tolist()
+    np.testing.assert_allclose(boxes, want["boxes"], atol=0.01, rtol=0)
