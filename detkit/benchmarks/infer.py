@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=72, help="at most this many images (default 72)")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per side; the best counts (default 2)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward call, both sides (default 1)")
+    parser.add_argument("--batch-compare", type=int, metavar="N",
+                        help="also detkit eager at N images a call (test.batch_size=N) against the one-image calls")
     parser.add_argument("--onnx", action="store_true", help="also detkit's ONNX export and torchvision's, in ONNX Runtime")
     parser.add_argument("--int8", action="store_true", help="with --onnx: also the int8-quantised detkit graph")
     parser.add_argument("--random-weights", type=float, metavar="SHARPEN",
@@ -73,6 +75,16 @@ def timed_interleaved(sides: dict[str, nn.Module], images: list[torch.Tensor],
             seconds[name] += time.perf_counter() - start
             outputs[name].extend({key: v.cpu() for key, v in out.items()} for out in result)
     return {name: (len(images) / max(seconds[name], 1e-9), outputs[name]) for name in sides}
+
+
+class OneByOne:
+    """A side called with several images that runs them one at a time (the batch-1 side of --batch-compare)."""
+
+    def __init__(self, side: nn.Module) -> None:
+        self.side = side
+
+    def __call__(self, images: list[torch.Tensor]) -> list[dict]:
+        return [out for im in images for out in self.side([im])]
 
 
 def agreement(ours: list[dict], theirs: list[dict]) -> str:
@@ -127,10 +139,15 @@ def main(args: argparse.Namespace) -> int:
         for side in sides.values():
             if hasattr(side, "prepare"):
                 side.prepare(images)
+    call_batch = args.batch
+    if args.batch_compare:
+        call_batch = args.batch_compare
+        sides = {name: OneByOne(side) if name in ("detkit", "torchvision") else side for name, side in sides.items()}
+        sides[f"detkit batch {call_batch}"] = sides["detkit"].side
     rounds: dict[str, list[float]] = {name: [] for name in sides}
     detections = {}
     for _ in range(args.rounds):
-        for name, (ips, detections[name]) in timed_interleaved(sides, images, args.batch).items():
+        for name, (ips, detections[name]) in timed_interleaved(sides, images, call_batch).items():
             rounds[name].append(ips)
     best = {name: max(v) for name, v in rounds.items()}
     median = {name: statistics.median(v) for name, v in rounds.items()}
@@ -145,6 +162,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"{name:>16}: {median[name]:.2f} img/s median (best {best[name]:.2f}), {count} detections")
     print(f"{'ratio':>16}: {best['detkit'] / best['torchvision']:.2f}x (detkit / torchvision, best); "
           f"{agreement(detections['detkit'], detections['torchvision'])}")
+    if args.batch_compare:
+        name = f"detkit batch {call_batch}"
+        print(f"{'ratio':>16}: {median[name] / median['detkit']:.2f}x ({name} / detkit batch 1, medians); "
+              f"{agreement(detections[name], detections['detkit']).replace('torchvision', 'batch-1')}")
     for name in [n for n in sides if n.startswith("detkit onnx")]:
         print(f"{'ratio':>16}: {median[name] / median['torchvision']:.2f}x ({name} / torchvision eager), "
               f"{median[name] / median['torchvision onnx']:.2f}x ({name} / torchvision onnx), medians")
