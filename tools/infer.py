@@ -3,6 +3,7 @@
     python tools/infer.py IMAGE_OR_FOLDER ... [--config C] [--weights W] [--out DIR] [--score-thresh S] [--no-progress]
     python tools/infer.py --onnx model.onnx IMAGE_OR_FOLDER ... [--threads N]   (ONNX Runtime, tools/export.py)
 
+With --onnx, onnx_metadata.json (the export's classes, sizes and thresholds) takes the place of config.yaml.
 With no --config/--weights it uses the model the README's main command trained (outputs/demo). Each input gets its
 own drawn picture under --out, at its path relative to the inputs' common folder; an input file is never written
 over. An unreadable image is skipped with a warning (--stop-on-error stops instead); detections.json always holds
@@ -109,6 +110,8 @@ def main(args: argparse.Namespace) -> int:
         (out / "detections.json").write_text(json.dumps(results, indent=1))
         if cfg is not None:
             save_config(cfg, out / "config.yaml")
+        else:  # an export holds no config: its metadata (classes, sizes, thresholds) says what ran
+            (out / "onnx_metadata.json").write_text(json.dumps(detector.metadata, indent=1))
     note = f"; {len(skipped)} unreadable image(s) skipped" if skipped else ""
     print(f"{len(results)} detections in {done} images{note}: {out}/detections.json and drawn images in {out}/")
     if needs_proposals and done:

@@ -78,6 +78,7 @@ def test_export_then_eval_and_infer_with_onnx_runtime(setup_run, monkeypatch, ca
     results = json.loads((root / "infer" / "detections.json").read_text())
     assert results and {r["category_id"] for r in results} == {5} and {r["category"] for r in results} == {"block"}
     assert sorted(p.name for p in (root / "infer").glob("*.jpg")) == [p.name for p in images]
+    assert json.loads((root / "infer" / "onnx_metadata.json").read_text())["category_ids"] == [5]
     from detkit.deploy import OnnxDetector  # the same numbers as the Python face, image by image
 
     detector = OnnxDetector(onnx_path)
