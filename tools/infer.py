@@ -67,45 +67,46 @@ def main(args: argparse.Namespace) -> int:
         raise DetkitError(f"--batch-size must be at least 1, got {batch_size}")
     todo = list(enumerate(zip(images, drawn_paths), start=1))
     try:
-        bar = tqdm(total=len(todo), desc="infer", dynamic_ncols=True, disable=args.no_progress)
-        for first in range(0, len(todo), batch_size):
-            batch = []
-            for image_id, (path, drawn_path) in todo[first:first + batch_size]:
-                try:
-                    batch.append((image_id, path, drawn_path, read_image(path)))
-                except DetkitError as error:
-                    if args.stop_on_error:
-                        raise
-                    tqdm.write(f"infer.py: warning: {error} Skipped.", file=sys.stderr)
-                    skipped.append(str(path))
-            tensors = [to_tensor(pixels) for *_, pixels in batch]
-            if not batch:
-                dets = []
-            elif cfg is None:
-                dets = [{k: torch.from_numpy(v) for k, v in detector(pixels)._asdict().items()}
-                        for *_, pixels in batch]
-            else:
-                kwargs = {}
-                if needs_proposals:  # no proposal generator in the model: selective search on the fly
-                    start = time.perf_counter()
-                    kwargs["proposals"] = [propose(cfg, pixels).to(device) for *_, pixels in batch]
-                    propose_s += time.perf_counter() - start
-                with torch.no_grad():
-                    dets = [{k: v.cpu() for k, v in d.items()}
-                            for d in model([im.to(device) for im in tensors], **kwargs)]
-            for (image_id, path, drawn_path, _), image, det in zip(batch, tensors, dets):
-                keep = det["scores"] >= args.score_thresh
-                for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
-                                             det["scores"][keep].tolist()):
-                    results.append({"image_id": image_id, "file_name": str(path), "category_id": category_ids[label],
-                                    "category": names[label - 1], "score": round(score, 5),
-                                    "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
-                                             round(box[3] - box[1], 2)]})
-                drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
-                save_image(drawn, drawn_path)
-                done += 1
-            bar.update(len(todo[first:first + batch_size]))
-        bar.close()
+        # a context manager, so that an error ends the bar's line before the error line is printed
+        with tqdm(total=len(todo), desc="infer", dynamic_ncols=True, disable=args.no_progress) as bar:
+            for first in range(0, len(todo), batch_size):
+                batch = []
+                for image_id, (path, drawn_path) in todo[first:first + batch_size]:
+                    try:
+                        batch.append((image_id, path, drawn_path, read_image(path)))
+                    except DetkitError as error:
+                        if args.stop_on_error:
+                            raise
+                        tqdm.write(f"infer.py: warning: {error} Skipped.", file=sys.stderr)
+                        skipped.append(str(path))
+                tensors = [to_tensor(pixels) for *_, pixels in batch]
+                if not batch:
+                    dets = []
+                elif cfg is None:
+                    dets = [{k: torch.from_numpy(v) for k, v in detector(pixels)._asdict().items()}
+                            for *_, pixels in batch]
+                else:
+                    kwargs = {}
+                    if needs_proposals:  # no proposal generator in the model: selective search on the fly
+                        start = time.perf_counter()
+                        kwargs["proposals"] = [propose(cfg, pixels).to(device) for *_, pixels in batch]
+                        propose_s += time.perf_counter() - start
+                    with torch.no_grad():
+                        dets = [{k: v.cpu() for k, v in d.items()}
+                                for d in model([im.to(device) for im in tensors], **kwargs)]
+                for (image_id, path, drawn_path, _), image, det in zip(batch, tensors, dets):
+                    keep = det["scores"] >= args.score_thresh
+                    for box, label, score in zip(det["boxes"][keep].tolist(), det["labels"][keep].tolist(),
+                                                 det["scores"][keep].tolist()):
+                        results.append({"image_id": image_id, "file_name": str(path),
+                                        "category_id": category_ids[label],
+                                        "category": names[label - 1], "score": round(score, 5),
+                                        "bbox": [round(box[0], 2), round(box[1], 2), round(box[2] - box[0], 2),
+                                                 round(box[3] - box[1], 2)]})
+                    drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], names)
+                    save_image(drawn, drawn_path)
+                    done += 1
+                bar.update(len(todo[first:first + batch_size]))
     finally:  # an error, --stop-on-error or Ctrl-C still leaves the results of the images done
         (out / "detections.json").write_text(json.dumps(results, indent=1))
         if cfg is not None:

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per forward call, both sides (default 1)")
     parser.add_argument("--batch-compare", type=int, metavar="N",
                         help="also detkit eager at N images a call (test.batch_size=N) against the one-image calls")
-    parser.add_argument("--onnx", action="store_true", help="also detkit's ONNX export and torchvision's, in ONNX Runtime")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also detkit's ONNX export and torchvision's, in ONNX Runtime")
     parser.add_argument("--int8", action="store_true", help="with --onnx: also the int8-quantised detkit graph")
     parser.add_argument("--random-weights", type=float, metavar="SHARPEN",
                         help="random weights, class logits multiplied by SHARPEN (speed only; no trained model needed)")

@@ -127,7 +127,7 @@ def export_detector(detector: nn.Module, out: str | Path, metadata: dict[str, An
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, inputs, buffer, dynamo=False, opset_version=opset, input_names=names,
                           output_names=["boxes", "labels", "scores"],
-                          dynamic_axes={k: v for k, v in axes.items() if k in names or k in ("boxes", "labels", "scores")})
+                          dynamic_axes={k: v for k, v in axes.items() if k not in ("image", "proposals") or k in names})
     model = onnx.load_from_string(buffer.getvalue())
     model.doc_string = "detkit detector: " + metadata.get("input", "")
     entry = model.metadata_props.add()
