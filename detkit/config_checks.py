@@ -16,7 +16,7 @@ POSITIVE = (
     "model.rpn.post_nms_top_n_train", "model.rpn.post_nms_top_n_test", "model.rpn.batch_size_per_image",
     "model.roi_heads.batch_size_per_image", "model.roi_heads.pooler_resolution",
     "model.roi_heads.representation_size", "model.roi_heads.detections_per_img", "model.roi_heads.svd_rank",
-    "proposals.max_side", "proposals.top_k", "proposals.workers",
+    "proposals.max_side", "proposals.top_k", "proposals.workers", "test.batch_size",
 )
 # Keys whose value must be >= 0.
 NON_NEGATIVE = ("data.num_workers", "solver.warmup_iters", "train.eval_period", "model.roi_heads.sampling_ratio")

@@ -205,6 +205,9 @@ class TestConfig:
     gather_roi_align: bool = True
     channels_last: bool = True  # NHWC images into the backbone at test time (as model.backbone.channels_last)
     report: bool = True  # write report.html (error analysis, detkit.report) after the test evaluation
+    # images per forward in eval.py, infer.py and the evaluation after training; > 1 pads them to one size, which
+    # moves detections slightly at the borders of smaller images (docs/benchmarks.md "Batched inference")
+    batch_size: int = 1
 
 
 @dataclass

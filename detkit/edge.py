@@ -27,7 +27,7 @@ from detkit.data.transforms import build_transforms
 from detkit.engine import run_dir
 from detkit.engine.checkpoint import load_model_weights, read_class_meta
 from detkit.errors import DetkitError
-from detkit.modeling.proposals.selective_search import SelectiveSearchProposals
+from detkit.modeling.proposals.search_generator import SelectiveSearchProposals
 from detkit.modeling.build import build_detector, build_model, check_keys_apply, needs_proposals, prepare_for_test
 
 

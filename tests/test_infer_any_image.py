@@ -62,7 +62,7 @@ def test_infer_gives_detections_inside_every_image_as_shown(arch, images, tmp_pa
     out = tmp_path / "out"
     args = argparse.Namespace(inputs=[str(folder)], config=str(tmp_path / "config.yaml"),
                               weights=str(tmp_path / "w.pth"), out=str(out), score_thresh=0.0,
-                              stop_on_error=False, no_progress=False)
+                              stop_on_error=False, no_progress=False, onnx=None, batch_size=None, threads=None)
     assert INFER.main(args) == 0
     printed = capsys.readouterr()
     assert f"in {len(sizes)} images" in printed.out
@@ -96,7 +96,7 @@ def test_eval_on_a_voc_set_of_extreme_shapes(arch, tmp_path, capsys):
                  "input.max_size=96", "proposals.top_k=30", "threads=1", "data.num_workers=0",
                  f"output_dir={tmp_path / 'run'}", *extra]
     args = argparse.Namespace(config=str(REPO / "configs" / recipe), overrides=["model.num_classes=2", *overrides],
-                              weights=str(tmp_path / "w.pth"), out=str(tmp_path / "eval"), no_progress=True)
+                              weights=str(tmp_path / "w.pth"), onnx=None, out=str(tmp_path / "eval"), no_progress=True)
     assert EVAL.main(args) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["voc/mAP"] <= 1.0 and "bbox/AP" in metrics

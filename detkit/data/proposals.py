@@ -35,7 +35,7 @@ from detkit.atomic import write_json
 from detkit.data.image_io import read_image, to_tensor
 from detkit.errors import DetkitError
 from detkit.evaluation.recall import AR_LIMITS, proposal_recall
-from detkit.modeling.proposals.selective_search import finish_boxes, propose_image  # noqa: F401 (re-exported)
+from detkit.modeling.proposals.selective_search import finish_boxes, propose_image  # noqa: F401 (re-exported; torch-free: detkit.deploy)
 from detkit.data.proposal_store import META_FILE, RECALL_FILE, ProposalStore  # noqa: F401 (API)
 
 logger = logging.getLogger(__name__)

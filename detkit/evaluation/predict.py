@@ -74,11 +74,11 @@ def predict(model: nn.Module, loader: Any, device: torch.device, desc: str = "in
 
 
 def evaluate(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
-             voc: bool = False, progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+             voc: bool = False, progress: bool = True, batch_size: int = 1) -> tuple[dict[str, float], list[dict]]:
     """COCO metrics (and VOC AP with voc=True) of a model on a dataset, and its COCO-format results."""
     # On the CPU, loader workers would compete with the model for the same cores: decode in-process.
     workers = num_workers if device.type == "cuda" else 0
-    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=1, num_workers=workers), device,
+    outputs, img_per_s = predict(model, build_test_loader(dataset, batch_size=batch_size, num_workers=workers), device,
                                  progress=progress)
     return score(outputs, dataset, voc, img_per_s)
 
@@ -111,14 +111,14 @@ def rpn_recall(proposals: list[torch.Tensor], dataset: Any) -> dict[str, float]:
 
 
 def evaluate_sharded(model: nn.Module, dataset: Any, device: torch.device, num_workers: int = 2,
-                     voc: bool = False, progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+                     voc: bool = False, progress: bool = True, batch_size: int = 1) -> tuple[dict[str, float], list[dict]]:
     """evaluate() with the images split over the ranks and the detections gathered on rank 0, which alone returns
     the metrics and results (the other ranks return empty ones); one process calls evaluate() itself."""
     if ranks.get_world_size() == 1:
-        return evaluate(model, dataset, device, num_workers, voc=voc, progress=progress)
+        return evaluate(model, dataset, device, num_workers, voc=voc, progress=progress, batch_size=batch_size)
     shard = torch.utils.data.Subset(dataset, ranks.shard_indices(len(dataset)))
     workers = num_workers if device.type == "cuda" else 0
-    outputs, img_per_s = predict(model, build_test_loader(shard, batch_size=1, num_workers=workers), device,
+    outputs, img_per_s = predict(model, build_test_loader(shard, batch_size=batch_size, num_workers=workers), device,
                                  progress=progress)
     total_img_per_s = float(ranks.mean_over_ranks(torch.tensor(img_per_s, device=device))) * ranks.get_world_size()
     gathered = ranks.gather_sharded(outputs, len(dataset))

@@ -71,15 +71,16 @@ class ImagePreprocessor(nn.Module):
             im = (im - self.pixel_mean.to(im.dtype)) / self.pixel_std.to(im.dtype)
             im, (sy, sx) = self.resize(im)
             out_images.append(im)
-            factors = torch.tensor([sx, sy, sx, sy], device=im.device)
+            factors = scale_vector(sx, sy, im.device)
+            scaled = torch.jit.is_tracing() or (sy, sx) != (1.0, 1.0)  # a traced graph scales at every size
             if targets is not None:
                 target = dict(targets[i])
                 for key in BOX_KEYS:
-                    if key in target and (sy, sx) != (1.0, 1.0):
+                    if key in target and scaled:
                         target[key] = target[key] * factors
                 out_targets.append(target)
             if proposals is not None:
-                out_proposals.append(proposals[i] * factors if (sy, sx) != (1.0, 1.0) else proposals[i])
+                out_proposals.append(proposals[i] * factors if scaled else proposals[i])
         return (ImageList.from_tensors(out_images, self.size_divisible), out_targets if targets is not None else None,
                 out_proposals if proposals is not None else None)
 
@@ -93,6 +94,8 @@ class ImagePreprocessor(nn.Module):
     def resize(self, image: Tensor) -> tuple[Tensor, tuple[float, float]]:
         """The resized image and the (y, x) scale factors (bilinear; an image at its target size is kept as is)."""
         h, w = image.shape[-2:]
+        if torch.jit.is_tracing():
+            return self._resize_traced(image)
         scale, size = resized_size(h, w, self._target_min_size(), self.max_size)
         if size == (h, w):
             return image, (1.0, 1.0)
@@ -102,6 +105,19 @@ class ImagePreprocessor(nn.Module):
         else:  # an extreme aspect ratio (10000 x 20): the short side would round to 0 pixels; it keeps 1
             resized = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         return resized, (resized.shape[-2] / h, resized.shape[-1] / w)
+
+    def _resize_traced(self, image: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """resize() for ONNX export: the size from the image's traced shape, in float64 as resized_size's Python
+        floats, so the graph resizes every image size exactly as eager mode does (an image already at its target
+        size is resampled at scale 1, which bilinear interpolation leaves unchanged)."""
+        hw = torch._shape_as_tensor(image)[-2:]
+        # min(min_size / shorter side, max_size / longer side) in float64 on 1-d tensors: the exporter would make a
+        # 0-dim float64 (a "scalar") float32, which floors 300 * (192 / 300) to 191
+        limits = torch.tensor([float(self._target_min_size()), float(self.max_size)], dtype=torch.float64)
+        scale = (limits / hw.sort().values.double()).min(0, keepdim=True).values
+        size = torch.floor(hw.double() * scale).clamp(min=1).long()
+        resized = F.interpolate(image[None], size=(size[0], size[1]), mode="bilinear", align_corners=False)[0]
+        return resized, (size[0] / hw[0], size[1] / hw[1])
 
     @staticmethod
     def postprocess(detections: list[dict[str, Tensor]], image_sizes: list[tuple[int, int]],
@@ -115,4 +131,11 @@ class ImagePreprocessor(nn.Module):
 def to_input_pixels(boxes: Tensor, image_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
     """Boxes (K, 4) x1, y1, x2, y2 in the pixels of the resized image (h, w) scaled back to the input image's (h, w)."""
     (h, w), (oh, ow) = image_size, original_size
-    return boxes * torch.tensor([ow / w, oh / h, ow / w, oh / h], device=boxes.device)
+    return boxes * scale_vector(ow / w, oh / h, boxes.device)
+
+
+def scale_vector(sx: float | Tensor, sy: float | Tensor, device: torch.device) -> Tensor:
+    """(sx, sy, sx, sy) float32, from Python numbers or (while tracing for ONNX) from 0-dim tensors."""
+    if torch.jit.is_tracing():
+        return torch.stack([torch.as_tensor(v).float() for v in (sx, sy, sx, sy)]).to(device)
+    return torch.tensor([sx, sy, sx, sy], device=device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from detkit.errors import DetkitError
@@ -56,7 +57,7 @@ def multi_level_roi_align(
     out = features[0].new_zeros((rois.shape[0], c, oh, ow))
     for level, (feature, scale) in enumerate(zip(features, scales)):
         sel = (levels == level).nonzero().squeeze(1)
-        if sel.numel():
+        if torch.jit.is_tracing() or sel.numel():  # a traced graph must pool every level: any may be empty
             pooled = roi_align_reference(feature, rois[sel], (oh, ow), scale, sampling_ratio, aligned)
             out.index_put_((sel,), pooled.to(out.dtype))  # in place: out-of-place would copy all R rows per level
     return out

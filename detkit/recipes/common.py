@@ -85,7 +85,8 @@ def report_trained(cfg: Config, model: nn.Module, summary: dict[str, Any], test_
     prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     model = with_test_amp(model, cfg.test.amp, device)
     metrics, results = evaluate_sharded(model, test_set, device, cfg.data.num_workers,
-                                        voc=cfg.data.test.format == "voc", progress=progress)
+                                        voc=cfg.data.test.format == "voc", progress=progress,
+                                        batch_size=cfg.test.batch_size)
     if not distributed.is_main_process():
         return metrics
     metrics["train/img_per_s"] = summary.get("train/img_per_s", float("nan"))

@@ -30,7 +30,7 @@ def train_joint(cfg: Config, train_set: Any, test_set: Any, device: torch.device
 
     def eval_fn(m: nn.Module) -> dict:
         return evaluate_sharded(with_test_amp(m, cfg.test.amp, device), test_set, device, cfg.data.num_workers,
-                                progress=progress)[0]
+                                progress=progress, batch_size=cfg.test.batch_size)[0]
 
     trainer = make_trainer(cfg, model, train_set, device, cfg.output_dir, progress=progress,
                            eval_fn=eval_fn if cfg.train.eval_period else None)

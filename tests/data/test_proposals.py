@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import detkit.data.proposals as props
-import detkit.modeling.proposals.selective_search as selective_search_module
+import detkit.modeling.proposals.selective_search as search_module
 from detkit.config import config_from_dict
 from detkit.data.proposals import ProposalStore, propose_dataset, propose_image, recall_summary
 from detkit.data.voc import VOCDataset
@@ -70,11 +70,11 @@ def test_boxes_are_mapped_back_from_the_scaled_search_and_filtered(monkeypatch):
     def search(image, mode, max_proposals, min_size):
         seen.append(image.shape)
         # Boxes in the pixels of the 50x25 image the search gets (the 200x100 image scaled by 1/4).
-        return torch.tensor([[0, 0, 10, 5], [0, 0, 10, 5],  # an exact duplicate: one is kept
-                             [1, 1, 1.2, 3],  # 0.8 px wide in the stored image: under min_size
-                             [2, 2, 50, 25], [5, 5, 6, 6], [1, 2, 3, 4]])  # the last falls beyond top_k
+        return np.array([[0, 0, 10, 5], [0, 0, 10, 5],  # an exact duplicate: one is kept
+                         [1, 1, 1.2, 3],  # 0.8 px wide in the stored image: under min_size
+                         [2, 2, 50, 25], [5, 5, 6, 6], [1, 2, 3, 4]], np.float32)  # the last falls beyond top_k
 
-    monkeypatch.setattr(selective_search_module, "selective_search", search)
+    monkeypatch.setattr(search_module, "search_boxes", search)  # propose_image lives there (torch-free)
     image = np.zeros((100, 200, 3), dtype=np.uint8)
     boxes = propose_image(image, mode="fast", max_side=50, min_size=1.0, top_k=3)
     assert seen == [(25, 50, 3)]
@@ -84,8 +84,8 @@ def test_boxes_are_mapped_back_from_the_scaled_search_and_filtered(monkeypatch):
 
 def test_an_image_within_max_side_is_searched_as_it_is(monkeypatch):
     seen = []
-    monkeypatch.setattr(selective_search_module, "selective_search",
-                        lambda image, **kw: seen.append(image.shape) or torch.tensor([[1.0, 2.0, 30.0, 20.0]]))
+    monkeypatch.setattr(search_module, "search_boxes",
+                        lambda image, **kw: seen.append(image.shape) or np.array([[1.0, 2.0, 30.0, 20.0]], np.float32))
     assert propose_image(np.zeros((40, 60, 3), np.uint8), max_side=500).tolist() == [[1, 2, 30, 20]]
     assert seen == [(40, 60, 3)]
 

@@ -49,7 +49,8 @@ def test_the_proposal_generator_makes_a_fast_rcnn_callable_on_an_image_alone():
 
     from detkit.data.image_io import to_tensor
     from detkit.modeling.detectors.fast_rcnn import FastRCNN
-    from detkit.modeling.proposals.selective_search import SelectiveSearchProposals, propose_image
+    from detkit.modeling.proposals.search_generator import SelectiveSearchProposals
+    from detkit.modeling.proposals.selective_search import propose_image
     from tests.modeling.test_fast_rcnn import fast_rcnn_heads
 
     pixels = np.zeros((60, 80, 3), np.uint8)

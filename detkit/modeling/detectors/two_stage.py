@@ -32,7 +32,7 @@ class TwoStageDetector(nn.Module):
 
     With ``rpn=None`` proposals come with the input (Fast R-CNN, R-CNN), or at test time, when none are given,
     from ``test_proposal_generator`` (images in, per-image (P, 4) boxes in input pixels out: e.g.
-    detkit.modeling.proposals.selective_search.SelectiveSearchProposals), so the detector is callable on an image
+    detkit.modeling.proposals.search_generator.SelectiveSearchProposals), so the detector is callable on an image
     alone; given proposals win over it; ``rpn`` keeps that name because
     checkpoints and the torchvision interop address its weights as ``rpn.*``. ``freeze`` fixes parts for the steps of
     alternating training (detkit.recipes.alternating): a frozen RPN still proposes, frozen RoI heads are skipped in
@@ -109,7 +109,7 @@ class TwoStageDetector(nn.Module):
         if self.rpn is None:
             raise DetkitError("this detector has no proposal generator (rpn): it cannot propose")
         check_images(images)
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        original_sizes = [tuple(im.shape[-2:]) for im in images]  # ints; traced sizes while exporting to ONNX
         batch, _, _ = self.preprocessor(images)
         x = self._layout(batch.tensors)
         proposals, _ = self.rpn(tuple(x.shape[-2:]), batch.image_sizes, list(self.backbone(x).values()))
@@ -148,7 +148,7 @@ class TwoStageDetector(nn.Module):
         if self.training:
             targets = check_targets(images, targets, self.num_classes)
         proposals = self._input_proposals(images, targets, proposals)
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        original_sizes = [tuple(im.shape[-2:]) for im in images]  # ints; traced sizes while exporting to ONNX
         batch, targets, proposals = self.preprocessor(images, targets, proposals)
         x = self._layout(batch.tensors)
         features = self.backbone(x)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import _topk_min
 
 from detkit.box_ops import BoxCoder, box_iou, clip_boxes_to_image, remove_small_boxes
 from detkit.ranks import global_mean_count
@@ -151,8 +152,9 @@ class RegionProposalNetwork(nn.Module):
         levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=device) for i, n in enumerate(counts)])
         top_idx, offset = [], 0
         for n in counts:
-            k = min(self.pre_nms_top_n[self._mode()], n)
-            top_idx.append(objectness[:, offset:offset + n].topk(k, dim=1).indices + offset)
+            level = objectness[:, offset:offset + n]
+            k = _topk_min(level, self.pre_nms_top_n[self._mode()], 1)  # min(k, n), a tensor while tracing (ONNX)
+            top_idx.append(level.topk(k, dim=1).indices + offset)
             offset += n
         top_idx = torch.cat(top_idx, dim=1)  # (N, k_total)
         batch = torch.arange(num_images, device=device)[:, None]

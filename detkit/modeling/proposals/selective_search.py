@@ -10,13 +10,15 @@ on which images the same process searched before (a resumed or multi-process run
 from __future__ import annotations
 
 import ctypes
-import time
+
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
 from detkit.errors import DetkitError
+
+if TYPE_CHECKING:  # torch is imported where a Tensor is made: propose_image runs without it (detkit.deploy)
+    from torch import Tensor
 
 INSTALL_FIX = ("pip install --no-deps --force-reinstall opencv-contrib-python-headless "
                "(albumentations' opencv-python-headless shares the cv2 folder and hides the contrib modules)")
@@ -41,6 +43,14 @@ def require_ximgproc():
 def selective_search(image: np.ndarray, mode: str = "fast", max_proposals: int = 2000,
                      min_size: float = 1.0) -> Tensor:
     """Proposals for one RGB image; mode 'fast' or 'quality' as in the paper's two settings."""
+    import torch
+
+    return torch.as_tensor(search_boxes(image, mode, max_proposals, min_size))
+
+
+def search_boxes(image: np.ndarray, mode: str = "fast", max_proposals: int = 2000,
+                 min_size: float = 1.0) -> np.ndarray:
+    """selective_search as a float32 numpy array (no PyTorch needed)."""
     if mode not in ("fast", "quality"):
         raise DetkitError(f"selective search mode must be 'fast' or 'quality', got {mode!r}")
     ximgproc = require_ximgproc()
@@ -53,8 +63,8 @@ def selective_search(image: np.ndarray, mode: str = "fast", max_proposals: int =
     _seed_c_rand(RANK_SEED)
     rects = search.process()  # (P, 4) x, y, w, h
     if len(rects) == 0:
-        return torch.zeros((0, 4), dtype=torch.float32)
-    boxes = torch.as_tensor(np.asarray(rects, dtype=np.float32))
+        return np.zeros((0, 4), dtype=np.float32)
+    boxes = np.asarray(rects, dtype=np.float32).reshape(-1, 4).copy()
     boxes[:, 2:] += boxes[:, :2]
     keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
     return boxes[keep][:max_proposals]
@@ -84,37 +94,8 @@ def propose_image(image: np.ndarray, *, mode: str = "fast", max_side: int = 500,
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 sizes are (w, h)
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    boxes = selective_search(small, mode=mode, max_proposals=np.iinfo(np.int32).max, min_size=0.0).numpy()
+    boxes = search_boxes(small, mode=mode, max_proposals=np.iinfo(np.int32).max, min_size=0.0)
     # Per-axis factors: rounding makes the two sides' scales differ slightly.
     sx, sy = width / small.shape[1], height / small.shape[0]
     boxes = boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
     return finish_boxes(boxes, height, width, min_size, top_k)
-
-
-class SelectiveSearchProposals(nn.Module):
-    """A test-time proposal generator for detectors without an RPN (Fast R-CNN, R-CNN): selective search on each
-    image, so that such a detector is callable on an image alone (TwoStageDetector's test_proposal_generator).
-
-    In: N images (3, H, W) float in [0, 1]. Out: per image (P, 4) float32 x1, y1, x2, y2 in input pixels, OpenCV's
-    rank order, the settings of ``propose_image`` (those of the proposal stores, ``proposals.*``). ``seconds`` adds
-    up the time spent searching. No parameters: a detector's state_dict is the same with or without it.
-    """
-
-    def __init__(self, *, mode: str = "fast", max_side: int = 500, min_size: float = 1.0, top_k: int = 2000) -> None:
-        super().__init__()
-        if mode not in ("fast", "quality"):
-            raise DetkitError(f"selective search mode must be 'fast' or 'quality', got {mode!r}")
-        self.mode, self.max_side, self.min_size, self.top_k = mode, max_side, min_size, top_k
-        self.seconds = 0.0
-
-    def forward(self, images: list[Tensor]) -> list[Tensor]:
-        """Proposals (P_i, 4) per image, on the images' device."""
-        start = time.perf_counter()
-        out = []
-        for image in images:
-            pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            boxes = propose_image(pixels, mode=self.mode, max_side=self.max_side, min_size=self.min_size,
-                                  top_k=self.top_k)
-            out.append(torch.from_numpy(boxes).to(image.device))
-        self.seconds += time.perf_counter() - start
-        return out

@@ -20,7 +20,8 @@ class GatherRoIPooler(RoIPooler):
 
     def forward(self, features: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """Pooled features (R, C, S, S), as RoIPooler.forward."""
-        if features[0].device.type != "cpu" or torch.is_grad_enabled() or self.pooler_type != "roi_align":
+        if (features[0].device.type != "cpu" or torch.is_grad_enabled() or self.pooler_type != "roi_align"
+                or torch.jit.is_tracing()):  # ONNX export: the RoiAlign operator, not embedding_bag's gather
             return super().forward(features, boxes)
         rois = boxes_to_rois(boxes)
         if len(features) == 1:
