@@ -1,8 +1,10 @@
 """Guards for a training run's output folder: no silent reuse, no run over a file, no stale temporary files, and a
-resume that refuses a changed model and records every other changed key before anything is written.
+resume that refuses a changed model or a change a finished stage read, and records every other changed key, before
+anything is written (check_resume: one rule for every recipe, each stage declaring what it reads in StageReads).
 
 Files of a run (under `output_dir`): see RUN_FILES; `config_changes.jsonl` holds one line per resume that changed
-the config: {"iteration": k, "changes": {"dotted.key": [old, new], ...}}.
+the config: {"iteration": k, "changes": {"dotted.key": [old, new], ...}}, with "stage": the stage the changes
+apply from (its iteration k) in a staged run.
 """
 from __future__ import annotations
 
