@@ -318,13 +318,15 @@ def _with_dependents(names: Sequence[str], stages: Sequence[StageReads], states:
 
 
 def _resume_point(out: Path, stages: Sequence[StageReads], states: Mapping[str, str]) -> str:
-    """Where a resume goes on: "iteration k" of the run or "stage NAME (iteration k)"; for the warnings."""
+    """Where a resume goes on: "iteration k" of the run, "stage NAME (iteration k)" or "stage NAME" (no
+    checkpoint in its folder); for the warnings."""
     pending = next((s.name for s in stages if states[s.name] != "done"), None)
     if pending is None:
         return "the final evaluation"
     checkpoint = out / pending / "last.pth"
-    iteration = stored_config(checkpoint)[1] if checkpoint.is_file() else 0
-    return f"iteration {iteration}" if pending == "." else f"stage {pending} (iteration {iteration})"
+    if pending == ".":
+        return f"iteration {stored_config(checkpoint)[1] if checkpoint.is_file() else 0}"
+    return f"stage {pending}" + (f" (iteration {stored_config(checkpoint)[1]})" if checkpoint.is_file() else "")
 
 
 def check_resume_config(output_dir: str | os.PathLike, current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
