@@ -21,7 +21,6 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from detkit.engine.stages import stage_done
 from detkit.errors import DetkitError
 from detkit.keys import flatten_keys
 
@@ -35,6 +34,8 @@ _RUN_MARKERS = ("last.pth", "model_final.pth", "metrics.jsonl", "config.yaml")
 # Temporary names of detkit.atomic's writer: `.NAME.HOST.PID.RANDOM.tmp` (and `NAME.tmp`, from older versions).
 _TEMP_PATTERN = re.compile(r"^(\.(last|last\.prev|model_final)\.pth\..+\.tmp|\.?[\w.]+\.(json|jsonl|yaml)(\.[\w-]+)*\.tmp)$")
 CHANGES_FILE = "config_changes.jsonl"
+# A finished stage's marker (detkit.engine.stages writes it); here so the resume check needs no training code.
+DONE_FILE = "stage_done.json"
 
 
 def check_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
@@ -222,7 +223,7 @@ def _stage_state(output_dir: Path, stage: StageReads) -> str:
     folder = output_dir / stage.name
     if stage.name == ".":
         return "started" if (folder / "last.pth").is_file() else "new"
-    if stage_done(folder):
+    if (folder / DONE_FILE).is_file():
         return "done"
     return "started" if folder.is_dir() and any(folder.iterdir()) else "new"
 
@@ -259,7 +260,7 @@ def check_resume(output_dir: str | os.PathLike, current: Mapping[str, Any],
     A change is refused (one DetkitError naming every such key) when a finished stage read it (it would silently
     keep the old value; the message names the stage and says to delete its folder to redo it), or when it is a
     `model.*` key read by a stage that saved weights part-way (they belong to the saved model). A finished stage
-    whose inputs were deleted (built on a stage that is no longer done) is refused too. Any other change is
+    (or started) whose inputs were deleted (built on a stage that is no longer done) is refused too. Any other change is
     applied from the stage that runs next on, warned about here, and returned for `record_config_changes`.
     `output_dir` may change (a moved run folder) without a warning; `only` restricts the check to those keys;
     FILLED_FROM_DATA keys that are still None in `current` are left to a check after the data is read.
@@ -269,8 +270,9 @@ def check_resume(output_dir: str | os.PathLike, current: Mapping[str, Any],
     if saved is None:
         return {}
     states = {stage.name: _stage_state(out, stage) for stage in stages}
-    stale = [f"{s.name} is finished but {before} it was built from is not"
-             for s in stages if states[s.name] == "done" for before in s.after if states.get(before) != "done"]
+    stale = [f"{s.name} is {'finished' if states[s.name] == 'done' else 'started'} but {before} it was built from "
+             "is not finished" for s in stages if states[s.name] != "new" for before in s.after
+             if states.get(before) != "done"]
     if stale:
         raise DetkitError(f"--resume of {out}: {'; '.join(stale)}; delete the folders of the stages after it too "
                           "(under output_dir), then --resume redoes them.")

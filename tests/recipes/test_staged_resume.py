@@ -156,7 +156,11 @@ def test_a_finished_stage_built_on_a_deleted_one_is_refused(tmp_path, no_work_af
     out = tmp_path / "run"
     before = make_run(out, rcnn_config(out), done=(rcnn.STAGES[0], *rcnn.STAGES[2:]))  # 2_finetune deleted
     message = refused(rcnn_config(out), before, no_work_after_the_check)
-    assert "3_features is finished but 2_finetune it was built from is not" in message
+    assert "3_features is finished but 2_finetune it was built from is not finished" in message
+    partial = tmp_path / "partial"  # features half cached, then fine-tuning deleted
+    before = make_run(partial, rcnn_config(partial), done=rcnn.STAGES[:1], started="3_features")
+    message = refused(rcnn_config(partial), before, no_work_after_the_check)
+    assert "3_features is started but 2_finetune it was built from is not finished" in message
 
 
 def test_alternating_iter_fractions_of_a_finished_step_are_refused(tmp_path, no_work_after_the_check):
