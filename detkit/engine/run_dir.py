@@ -259,8 +259,8 @@ def check_resume(output_dir: str | os.PathLike, current: Mapping[str, Any],
 
     A change is refused (one DetkitError naming every such key) when a finished stage read it (it would silently
     keep the old value; the message names the stage and says to delete its folder to redo it), or when it is a
-    `model.*` key read by a stage that saved weights part-way (they belong to the saved model). A finished stage
-    (or started) whose inputs were deleted (built on a stage that is no longer done) is refused too. Any other change is
+    `model.*` key read by a stage that saved weights part-way (they belong to the saved model). A stage finished
+    or started on the output of a stage that is no longer done (its folder deleted) is refused too. Any other change is
     applied from the stage that runs next on, warned about here, and returned for `record_config_changes`.
     `output_dir` may change (a moved run folder) without a warning; `only` restricts the check to those keys;
     FILLED_FROM_DATA keys that are still None in `current` are left to a check after the data is read.
