@@ -233,3 +233,33 @@ def test_joint_reads_the_run_config_yaml_too(tmp_path):
                                           r"model.backbone.name"):
         check_resume(out, changed, common.ONE_FOLDER_READS)
     assert torch.load(out / "last.pth", weights_only=True)["iteration"] == 4
+
+
+@pytest.mark.parametrize("recipe,override,stages", [
+    ("rcnn", "model.rcnn.features_per_image=10", "3_features"),
+    ("rcnn", "model.rcnn.reg_alpha=10.0", "5_bbox_reg"),
+    ("rcnn", "model.rcnn.feature_norm=10.0", "4_svms, 5_bbox_reg"),
+    ("rcnn", "proposals.top_k=100", "1_proposals, 2_finetune, 3_features"),
+    ("rcnn", "solver.base_lr=0.5", "2_finetune"),
+    ("alternating", "train.alternating.lr_factors=[1.0,0.5,1.0,1.0]", "2_fast_rcnn"),
+    ("alternating", "train.alternating.step2_backbone=fresh", "2_fast_rcnn"),
+    ("alternating", "input.min_size=96", "1_rpn, 1_proposals, 2_fast_rcnn, 3_rpn, 4_fast_rcnn"),
+])
+def test_other_keys_a_finished_stage_read_are_refused_naming_it(tmp_path, no_work_after_the_check, recipe, override,
+                                                                stages):
+    out = tmp_path / "run"
+    make = rcnn_config if recipe == "rcnn" else alt_config
+    names = rcnn.STAGES if recipe == "rcnn" else ALTERNATING_STEPS
+    before = make_run(out, make(out), done=names)
+    message = refused(make(out, override), before, no_work_after_the_check)
+    assert f"{override.split('=')[0]} (" in message and f"finished stage(s) {stages}, which" in message
+
+
+@pytest.mark.parametrize("override", ["model.rcnn.nms_thresh=0.4", "test.amp=off", "solver.log_period=7"])
+def test_keys_no_stage_reads_are_applied_to_a_finished_rcnn_run(tmp_path, no_work_after_the_check, override):
+    out = tmp_path / "run"
+    make_run(out, rcnn_config(out), done=rcnn.STAGES)
+    with pytest.raises(Reached):
+        resume(rcnn_config(out, override))
+    line = json.loads((out / CHANGES_FILE).read_text().splitlines()[1])
+    assert list(line["changes"]) == [override.split("=")[0]] and line["stage"] is None
