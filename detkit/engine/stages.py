@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from detkit.atomic import write_json
+from detkit.engine.run_dir import DONE_FILE
 from detkit.errors import DetkitError
 
 logger = logging.getLogger(__name__)
-
-DONE_FILE = "stage_done.json"
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from detkit.config import Config, config_to_dict, save_config
+from detkit.config import Config
 from detkit.edge import setup
 from detkit.engine import distributed, run_dir
 from detkit.errors import DetkitError
@@ -64,22 +63,23 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
 
 def train_in_one_folder(cfg: Config, schedule: str, *, resume: bool, progress: bool, overwrite: bool
                         ) -> dict[str, float]:
-    """Joins torchrun's group (when launched by it), prepares the run folder, builds both splits, records the config,
-    then trains with the joint or the alternating schedule."""
-    from detkit.recipes.common import build_train_and_test, join_process_group, report_trained
+    """Joins torchrun's group (when launched by it), prepares the run folder, checks a resumed config (what each
+    stage reads), builds both splits, records the config, then trains with the joint or the alternating schedule."""
+    from detkit.recipes import common
+    from detkit.recipes.alternating import STAGE_READS
 
-    device, resume, overwrite = join_process_group(cfg, resume, overwrite)
+    reads = STAGE_READS if schedule == "alternating" else common.ONE_FOLDER_READS
+    device, resume, overwrite = common.join_process_group(cfg, resume, overwrite)
+    changes = common.check_resume(cfg, reads, resume)  # before anything is written (stores, config.yaml)
     device = setup(cfg) if device is None else device
-    train_set, test_set = build_train_and_test(cfg, progress=progress)
-    if distributed.is_main_process():
-        changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
-        run_dir.record_config_changes(cfg.output_dir, changes)
-        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    train_set, test_set = common.build_train_and_test(cfg, progress=progress)
+    changes.update(common.check_resume(cfg, reads, resume, only=run_dir.FILLED_FROM_DATA))
+    common.record_resume(cfg, reads, changes)
     if schedule == "alternating":
         from detkit.recipes.alternating import train_alternating
 
         model, summary = train_alternating(cfg, train_set, device, resume=resume, progress=progress)
-        return report_trained(cfg, model, summary, test_set, device, progress)
+        return common.report_trained(cfg, model, summary, test_set, device, progress)
     from detkit.recipes.joint import train_joint
 
     return train_joint(cfg, train_set, test_set, device, resume=resume, progress=progress)

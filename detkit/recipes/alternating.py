@@ -42,7 +42,7 @@ from torch import nn
 from detkit.config import Config
 from detkit.data.proposals import ProposalStore, propose_dataset
 from detkit.engine.checkpoint import load_model_weights
-from detkit.engine.run_dir import link_or_copy
+from detkit.engine.run_dir import StageReads, link_or_copy
 from detkit.engine.stages import Stage, run_stages
 from detkit.errors import DetkitError
 from detkit.modeling.build import build_model
@@ -51,6 +51,24 @@ from detkit.recipes import common
 
 ALTERNATING_STEPS = ("1_rpn", "1_proposals", "2_fast_rcnn", "3_rpn", "4_fast_rcnn")
 FINAL = "model_final.pth"
+
+
+def _step_reads(i: int, name: str, after: tuple[str, ...], *extra: str) -> StageReads:
+    return StageReads(name, (*common.TRAINER_READS, f"train.alternating.iter_fractions[{i}]",
+                             f"train.alternating.lr_factors[{i}]", *extra), common.TRAINER_SKIPS + common.TEST_TIME,
+                      after=after)
+
+
+# The keys each step reads, for the resume check (detkit.engine.run_dir.check_resume): a step reads its own element
+# of iter_fractions and lr_factors; the store of 1_proposals, half filled with other settings, cannot continue.
+STAGE_READS = (
+    _step_reads(0, "1_rpn", ()),
+    StageReads("1_proposals", ("data", "input", "model", "proposals.min_size", "proposals.top_k"),
+               common.TRAINER_SKIPS + common.TEST_TIME, continues=False, after=("1_rpn",)),
+    _step_reads(1, "2_fast_rcnn", ("1_rpn", "1_proposals"), "train.alternating.step2_backbone"),
+    _step_reads(2, "3_rpn", ("2_fast_rcnn",)),
+    _step_reads(3, "4_fast_rcnn", ("3_rpn",)),
+)
 
 
 def step_iterations(cfg: Config) -> list[int]:

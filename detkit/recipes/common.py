@@ -1,5 +1,6 @@
 """What every training recipe shares: both splits under one class list, the ordinary Trainer of a config's solver,
-joining torchrun's process group, and the final report (metrics.json, detections_test.json, detections.png).
+joining torchrun's process group, the resume check of every recipe (what each stage reads), and the final report
+(metrics.json, detections_test.json, detections.png).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from detkit.atomic import write_json
-from detkit.config import Config, config_to_dict
+from detkit.config import Config, config_to_dict, save_config
 from detkit.data.classes import apply_class_list, training_class_list
 from detkit.data.loader import build_train_loader
 from detkit.edge import build_split, setup
@@ -22,6 +23,35 @@ from detkit.evaluation.coco import format_coco_table
 from detkit.evaluation.predict import evaluate_sharded, save_detection_picture
 from detkit.modeling.build import prepare_for_test
 from detkit.report.run import report_run
+
+
+# What a Trainer stage reads: every key its model, data stream and schedule depend on; not where it logs or
+# checkpoints, nor the test split (the final evaluation reads that). A recipe adds its own keys (proposals, train.*).
+TRAINER_READS = ("seed", "data", "input", "solver", "model")
+TRAINER_SKIPS = ("data.test", "data.num_workers", "data.demo_cache", "solver.checkpoint_period", "solver.log_period")
+# Test-time keys: no stage's output depends on them; the final evaluation, which runs on every resume, reads them.
+TEST_TIME = ("model.roi_heads.score_thresh", "model.roi_heads.nms_thresh", "model.roi_heads.detections_per_img",
+             "model.roi_heads.svd_rank", "model.rpn.pre_nms_top_n_test", "model.rpn.post_nms_top_n_test",
+             "model.rcnn.score_thresh", "model.rcnn.nms_thresh")
+# A run trained in output_dir itself (joint, exact_joint): one Trainer reading every key but the test-time ones.
+ONE_FOLDER_READS = (run_dir.StageReads(".", ("",), TEST_TIME),)
+
+
+def check_resume(cfg: Config, stages: tuple[run_dir.StageReads, ...], resume: bool, *,
+                 only: tuple[str, ...] | None = None) -> dict[str, tuple[Any, Any]]:
+    """The resume check of every recipe (detkit.engine.run_dir.check_resume: refuses a change a finished stage read
+    or a model change under saved weights, warns about the others); {} when not resuming or not rank 0. Call it
+    before anything is written, then again with only=run_dir.FILLED_FROM_DATA once the class list is filled."""
+    if not resume or not distributed.is_main_process():
+        return {}
+    return run_dir.check_resume(cfg.output_dir, config_to_dict(cfg), stages, only=only)
+
+
+def record_resume(cfg: Config, stages: tuple[run_dir.StageReads, ...], changes: dict[str, tuple[Any, Any]]) -> None:
+    """Once check_resume passed: append its changes to config_changes.jsonl and write config.yaml (rank 0)."""
+    if distributed.is_main_process():
+        run_dir.record_config_changes(cfg.output_dir, changes, stages)
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
 
 
 def build_train_and_test(cfg: Config, progress: bool = True) -> tuple[Any, Any]:

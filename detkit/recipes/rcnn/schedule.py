@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from detkit.atomic import write_json
-from detkit.config import Config, config_to_dict, save_config
+from detkit.config import Config, config_to_dict
 from detkit.edge import setup
 from detkit.engine import run_dir
 from detkit.engine.checkpoint import atomic_torch_save, class_meta, load_model_weights
@@ -25,12 +25,28 @@ from detkit.evaluation.coco import format_coco_table
 from detkit.evaluation.predict import evaluate, save_detection_picture
 from detkit.modeling.build import build_model, prepare_for_test
 from detkit.recipes import common
-from detkit.recipes.common import build_train_and_test
 from detkit.recipes.rcnn.features import FeatureCache, cache_features
 from detkit.recipes.rcnn.fitting import append_jsonl, run_bbox_stage, run_svm_stage
 from detkit.recipes.rcnn.svm import SVMSettings
 
 STAGES = ("1_proposals", "2_finetune", "3_features", "4_svms", "5_bbox_reg")
+_FITTING = ("model.rcnn.feature_norm", "model.rcnn.svm_C", "model.rcnn.svm_bias_scale", "model.rcnn.svm_pos_weight",
+            "model.rcnn.svm_neg_iou", "model.rcnn.svm_rounds", "model.rcnn.svm_init_negatives",
+            "model.rcnn.svm_cache_size", "model.rcnn.reg_alpha", "model.rcnn.reg_iou", "model.rcnn.features_per_image")
+_SVM = tuple(k for k in _FITTING if k.startswith("model.rcnn.svm_")) + ("model.rcnn.feature_norm",)
+_SKIPS = common.TRAINER_SKIPS + common.TEST_TIME
+# The keys each stage reads, for the resume check (detkit.engine.run_dir.check_resume). The fine-tuned CNN reads the
+# model but not the keys of the later fits; a feature cache or SVMs half made with other values cannot continue.
+STAGE_READS = (
+    run_dir.StageReads(STAGES[0], ("data.root", "data.train", "proposals")),
+    run_dir.StageReads(STAGES[1], (*common.TRAINER_READS, "proposals"), _SKIPS + _FITTING, after=(STAGES[0],)),
+    run_dir.StageReads(STAGES[2], ("data.root", "data.train", "proposals", "model"),
+                       _SKIPS + tuple(k for k in _FITTING if k != "model.rcnn.features_per_image"), continues=False,
+                       after=(STAGES[1],)),
+    run_dir.StageReads(STAGES[3], ("seed", "model.class_names", *_SVM), continues=False, after=(STAGES[2],)),
+    run_dir.StageReads(STAGES[4], ("model.class_names", "model.rcnn.reg_alpha", "model.rcnn.reg_iou",
+                                   "model.rcnn.feature_norm"), after=(STAGES[2],)),
+)
 
 
 def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device, progress: bool = True) -> list[Stage]:
@@ -153,14 +169,14 @@ def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwri
     run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
     if overwrite:
         clear_stages(cfg.output_dir)
+    changes = common.check_resume(cfg, STAGE_READS, resume)  # before anything is written (stores, config.yaml)
     device = setup(cfg)
     start = time.perf_counter()
     with stop_with_message("filling the proposal stores", "the proposals of the images done are kept in the stores"):
-        train_set, test_set = build_train_and_test(cfg, progress=progress)  # fills the proposal stores
+        train_set, test_set = common.build_train_and_test(cfg, progress=progress)  # fills the proposal stores
     proposal_seconds = time.perf_counter() - start
-    changes = run_dir.check_resume_config(cfg.output_dir, config_to_dict(cfg)) if resume else {}
-    run_dir.record_config_changes(cfg.output_dir, changes)
-    save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    changes.update(common.check_resume(cfg, STAGE_READS, resume, only=run_dir.FILLED_FROM_DATA))
+    common.record_resume(cfg, STAGE_READS, changes)
     stage_metrics = run_stages(rcnn_stages(cfg, train_set, test_set, device, progress), cfg.output_dir, resume=resume)
     stage_metrics[STAGES[0]]["store_seconds"] = proposal_seconds
     model = assemble_model(cfg, device)
