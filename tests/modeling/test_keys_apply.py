@@ -10,7 +10,8 @@ from detkit.config import config_to_dict, save_config
 from detkit.config_checks import RCNN_UNUSED_ROI_HEADS
 from detkit.config_schema import RoIHeadsConfig
 from detkit.errors import DetkitError
-from detkit.modeling.build import check_keys_apply, prepare_for_test
+from detkit.config_checks import check_keys_apply
+from detkit.modeling.build import prepare_for_test
 from detkit.modeling.backbones import build_backbone
 from detkit.modeling.detectors.rcnn import RCNN, build_rcnn_heads
 from detkit.modeling.roi_heads.region_cnn import VGGRegionCNN

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detkit.errors import DetkitError
+from detkit.registries import BACKBONES  # model.backbone.name -> family (vgg, resnet)
 
 from . import resnet, vgg
 from .fpn import ResNetFPN
@@ -24,11 +25,6 @@ NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
     "bn": nn.BatchNorm2d,
     "frozen_bn": FrozenBatchNorm2d,
     "gn": partial(nn.GroupNorm, 32),
-}
-BACKBONES: dict[str, str] = {
-    "vgg16": "vgg",
-    "vgg16_bn": "vgg",
-    **{name: "resnet" for name in resnet.RESNETS},
 }
 _SHOWN_KEYS = 5
 
