@@ -101,8 +101,9 @@ FORMATS: dict[str, Target] = {
 }
 
 # model.backbone.name -> its family in detkit.modeling.backbones.build (vgg: conv5_3 at stride 16; resnet: C4, or
-# C2-C5 + FPN P2-P6).
-BACKBONES: dict[str, str] = {
+# C2-C5 + FPN P2-P6), or a backbone of its own: ``(name, *, fpn, norm, weights, trainable_layers) -> nn.Module``
+# giving an ordered dict of feature maps, with ``out_channels`` and ``strides`` ({name: stride}).
+BACKBONES: dict[str, Target] = {
     "vgg16": "vgg",
     "vgg16_bn": "vgg",
     "resnet18": "resnet",
