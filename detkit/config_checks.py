@@ -1,5 +1,10 @@
-"""Value checks a type cannot express (a count must be positive, a thread count cannot be -1), run on every loaded
-config so bad values fail at load time in one line naming the key, not later as a traceback deep in a module."""
+"""The checks of a whole config that a key's type cannot express, run once on every config: by
+detkit.config.load_config, or, for a Config built in Python, by ensure_checked (build_model, detkit.recipes.train).
+
+Value ranges (a count must be positive, a thread count cannot be -1), and the keys that do not apply: those the
+config's arch and recipe do not declare they read (detkit.registries.ARCHS / RECIPES ``reads``). Each fails in one
+line naming the key and the file or command line that set it, not later as a traceback deep in a module.
+"""
 from __future__ import annotations
 
 import copy
@@ -34,14 +39,24 @@ FRACTION = ("model.rpn.positive_fraction", "model.roi_heads.positive_fraction")
 # Keys directly under model (arch, num_classes, class_names, category_ids) and train.schedule apply to every part.
 
 
+def _reads(entry: Any) -> tuple[str, ...]:
+    """The keys a registry entry declares it reads (none for a bare function)."""
+    return tuple(getattr(entry, "reads", ()))
+
+
 def _covered(key: str, reads: tuple[str, ...] | list[str]) -> bool:
     return any(key == r or key.startswith(r + ".") for r in reads)
+
+
+def has_rpn(arch: str) -> bool:
+    """True for an arch with an RPN of its own: one that declares it reads model.rpn (registries.ARCHS)."""
+    return _covered("model.rpn", _reads(registries.ARCHS[arch]))
 
 
 def arch_reads(config: Any) -> tuple[str, ...]:
     """The model.* keys and sections config.model.arch reads: its ARCHS declaration, plus model.rpn when
     proposals.method is rpn (an RPN of that config fills the proposal store)."""
-    reads = registries.ARCHS[config.model.arch].reads
+    reads = _reads(registries.ARCHS[config.model.arch])
     return reads + ("model.rpn",) if config.proposals.method == "rpn" else reads
 
 
@@ -59,12 +74,12 @@ def recipe_name(config: Any) -> str:
 
 def recipe_ignored_keys(config: Any) -> list[str]:
     """Every dotted train.* key (train.schedule aside) the config's recipe does not read, in schema order."""
-    reads = registries.RECIPES[recipe_name(config)].reads + ("train.schedule",)
+    reads = _reads(registries.RECIPES[recipe_name(config)]) + ("train.schedule",)
     return [key for key in leaf_keys(config) if key.startswith("train.") and not _covered(key, reads)]
 
 
 def _unread_roi_heads_keys(arch: str) -> tuple[str, ...]:
-    reads = registries.ARCHS[arch].reads
+    reads = _reads(registries.ARCHS[arch])
     return tuple(f.name for f in dataclasses.fields(RoIHeadsConfig) if not _covered(f"model.roi_heads.{f.name}", reads))
 
 
@@ -116,7 +131,7 @@ def check_schedule(cfg: Any) -> None:
     exact_joint a pooler with a box gradient (RoIPool's max has none worth following)."""
     schedule, sources = cfg.train.schedule, cfg.sources
     where = lambda key: f"{key} (in {sources[key]})" if key in sources else key  # noqa: E731
-    if schedule != "joint" and cfg.model.arch != "faster_rcnn":
+    if schedule != "joint" and not has_rpn(cfg.model.arch):
         raise DetkitError(f"config key {where('train.schedule')}={schedule} needs an RPN: it does not apply to "
                           f"{where('model.arch')}={cfg.model.arch}")
     if schedule == "exact_joint" and cfg.model.roi_heads.pooler == "roi_pool":

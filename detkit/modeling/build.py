@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from detkit.config_checks import box_head_kind, check_svd_rank, ensure_checked
+from detkit.config_checks import box_head_kind, check_svd_rank, ensure_checked, has_rpn
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 from detkit.ranks import get_world_size
@@ -137,8 +137,8 @@ def build_rcnn(cfg: Config, num_classes: int) -> TwoStageDetector:
 
 
 def needs_proposals(arch: str) -> bool:
-    """True for an arch whose detector reads proposals from the data (no proposal generator of its own)."""
-    return arch in ("fast_rcnn", "rcnn")
+    """True for an arch whose detector reads proposals from the data: no RPN of its own (config_checks.has_rpn)."""
+    return not has_rpn(arch)
 
 
 def build_model(cfg: Config, num_classes: int | None = None) -> TwoStageDetector:
