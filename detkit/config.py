@@ -6,10 +6,10 @@ against the schema in detkit.config_schema: an unknown key or a wrong type is a 
 where it came from and, for unknown keys, the closest valid one.
 
 A loaded Config also carries three plain attributes (not schema keys): ``sources`` (dotted key -> the file or command
-line that set it) and ``user_keys`` (the dotted keys the files, their ``_base_`` files and the overrides set, as
-opposed to the schema's defaults), which detkit.config_checks.check_keys_apply reads to refuse keys an arch ignores, and ``checked`` (what
-config_checks.check_config last checked, so that build_model and the recipes check a config built in Python once
-and a loaded one not again).
+line that set it), ``user_keys`` (the dotted keys the files, their ``_base_`` files and the overrides set, as opposed
+to the schema's defaults), which detkit.config_checks.check_keys_apply reads to refuse keys an arch ignores, and
+``checked`` (what config_checks.check_config last checked, so that build_model and the recipes check a config built
+in Python once and a loaded one not again).
 """
 from __future__ import annotations
 
@@ -274,8 +274,8 @@ def _resolve_roots(config: Config) -> None:
 
 def config_to_dict(config: Any) -> dict:
     """The config's keys as plain nested dicts and lists (provenance, Config.sources and user_keys, left out)."""
-    return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(config, f.name)) else copy.deepcopy(v)
-            for f in dataclasses.fields(config) if not f.metadata.get("provenance")}
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if not f.metadata.get("provenance")}
+    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v) for k, v in values.items()}
 
 
 def save_config(config: Config, path: str | Path) -> Path:
