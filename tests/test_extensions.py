@@ -157,7 +157,7 @@ def test_an_unknown_recipe_name_is_refused_by_the_schema(bad):
 
 
 def test_a_toy_dataset_format_registers_in_formats_and_trains(tmp_path, monkeypatch):
-    """A CSV format (one line per box: file, x1, y1, x2, y2, class) registered in detkit.data.FORMATS for this test
+    """A CSV format (one line per box: file, x1, y1, x2, y2, class) registered in detkit.registries.FORMATS for this test
     only: config -> dataset -> loader -> one SGD iteration, and the COCO evaluation of its test split."""
     import csv
 
