@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from detkit.config_checks import box_head_kind, check_svd_rank, ensure_checked, has_rpn
+from detkit.config_checks import check_keys_apply, check_schedule  # noqa: F401 (their home before config_checks)
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 from detkit.ranks import get_world_size
