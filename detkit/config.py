@@ -5,31 +5,34 @@ then the file's own keys on top, then `key.sub=value` overrides (values parsed a
 against the schema in detkit.config_schema: an unknown key or a wrong type is a DetkitError naming the key,
 where it came from and, for unknown keys, the closest valid one.
 
-A loaded Config also carries two plain attributes (not schema keys): ``sources`` (dotted key -> the file or command
-line that set it) and ``user_keys`` (the dotted keys the files, their ``_base_`` files and the overrides set, as
-opposed to the schema's defaults), which detkit.modeling.build.check_keys_apply reads to refuse keys an arch ignores.
+A loaded Config also carries three plain attributes (not schema keys): ``sources`` (dotted key -> the file or command
+line that set it), ``user_keys`` (the dotted keys the files, their ``_base_`` files and the overrides set, as opposed
+to the schema's defaults), which detkit.config_checks.check_keys_apply reads to refuse keys an arch ignores, and
+``checked`` (what config_checks.check_config last checked, so that build_model and the recipes check a config built
+in Python once and a loaded one not again).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
 from detkit.atomic import atomic_write_text
-from detkit.config_checks import check_values, ignored_keys, recipe_ignored_keys
+from detkit.config_checks import COMMAND_LINE, check_command_line_keys, check_config, check_values, ignored_keys
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 from detkit.keys import flatten_keys
+from detkit.registries import Names
 
 __all__ = ["Config", "load_config", "config_from_dict", "config_to_dict", "save_config", "parse_overrides"]
 
-COMMAND_LINE = "the command line"
 # Old dotted key -> its new name, for keys renamed after a release: an old config fails naming the new key.
 RENAMED_KEYS: dict[str, str] = {}
 
@@ -120,17 +123,18 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Loads a YAML config (or the defaults when path is None), applies overrides, and validates it."""
+    """Loads a YAML config (or the defaults when path is None), applies overrides, and validates it: types and
+    allowed values (the schema and its registries), value ranges, and the keys that do not apply to the config's
+    arch and recipe (config_checks.check_config). Raises DetkitError naming the key and the file or command line
+    that set it."""
     sources: dict[str, str] = {}
     tree = _load_tree(Path(path), sources) if path is not None else {}
     dumped = _keys_at_default_in_dumps(tree, sources)
     _merge(tree, parse_overrides(overrides or []), sources, COMMAND_LINE)
     config = config_from_dict(tree, sources)
     config.user_keys = config.user_keys - {k for k in dumped if sources.get(k) != COMMAND_LINE}
-    ignored = [k for k in recipe_ignored_keys(config) if sources.get(k) == COMMAND_LINE]
-    if ignored:
-        recipe = "model.arch=rcnn" if config.model.arch == "rcnn" else f"train.schedule={config.train.schedule}"
-        raise DetkitError(f"config keys set on the command line that {recipe} does not read: {', '.join(ignored)}")
+    check_command_line_keys(config)
+    check_config(config)  # every whole-config key check, once (config_checks.ensure_checked skips it later)
     return config
 
 
@@ -168,7 +172,7 @@ def config_from_dict(tree: dict, sources: dict[str, str] | None = None) -> Confi
 
 
 def _build(cls: type, tree: dict, prefix: str, sources: dict[str, str]) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("provenance")}
     values = {}
     for key, value in tree.items():
@@ -193,8 +197,20 @@ def _build(cls: type, tree: dict, prefix: str, sources: dict[str, str]) -> Any:
     return cls(**values)
 
 
+def _registry_names(tp: Any) -> list[str] | None:
+    """The valid names of an ``Annotated[str, Names(...)]`` key (detkit.registries), or None for any other type."""
+    if typing.get_origin(tp) is Annotated:
+        for meta in tp.__metadata__:
+            if isinstance(meta, Names):
+                return meta.names()
+    return None
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    names = _registry_names(tp)
+    if names is not None:
+        return "one of " + ", ".join(repr(a) for a in names)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
@@ -207,6 +223,9 @@ def _type_name(tp: Any) -> str:
 
 def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
+    names = _registry_names(tp)
+    if names is not None:
+        return isinstance(value, str) and value in names, value
     if origin is Literal:
         if isinstance(value, bool):  # YAML 1.1 reads a bare off / on as a boolean
             value = "on" if value else "off"
@@ -255,11 +274,8 @@ def _resolve_roots(config: Config) -> None:
 
 def config_to_dict(config: Any) -> dict:
     """The config's keys as plain nested dicts and lists (provenance, Config.sources and user_keys, left out)."""
-    tree = dataclasses.asdict(config)
-    for f in dataclasses.fields(config):
-        if f.metadata.get("provenance"):
-            del tree[f.name]
-    return tree
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if not f.metadata.get("provenance")}
+    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else copy.deepcopy(v) for k, v in values.items()}
 
 
 def save_config(config: Config, path: str | Path) -> Path:

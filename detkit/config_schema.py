@@ -1,16 +1,21 @@
 """The schema of a detkit config: every valid key, its type and its default.
 
-A YAML config (see configs/) sets any subset of these keys; detkit.config validates it against this schema.
+A YAML config (see configs/) sets any subset of these keys; detkit.config validates it against this schema. A key
+that picks a part (``Annotated[str, Names(registry)]``) takes the names of its registry in detkit.registries, so a
+part registered there is a valid value with no change here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
+
+from detkit import registries
+from detkit.registries import Names
 
 
 @dataclass
 class DatasetConfig:
-    format: Literal["demo", "voc", "coco"] = "demo"
+    format: Annotated[str, Names(registries.FORMATS)] = "demo"  # a name of registries.FORMATS
     root: Optional[str] = None  # dataset folder; None takes data.root
     split: Optional[str] = None  # VOC image-set name; COCO image folder under root; demo train / test
     ann_file: Optional[str] = None  # COCO annotation JSON, relative to root
@@ -76,7 +81,7 @@ class ProposalsConfig:
 
 @dataclass
 class BackboneConfig:
-    name: Literal["vgg16", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    name: Annotated[str, Names(registries.BACKBONES)] = "resnet50"  # a name of registries.BACKBONES
     fpn: bool = True
     # sync_bn: BatchNorm statistics over all ranks; auto: frozen_bn when starting from weights (model.weights or
     # model.backbone.weights), else bn (torchvision's detection builders)
@@ -106,11 +111,11 @@ class RPNConfig:
 
 @dataclass
 class RoIHeadsConfig:
-    pooler: Literal["roi_align", "roi_pool"] = "roi_align"
+    pooler: Annotated[str, Names(registries.POOLERS)] = "roi_align"  # a name of registries.POOLERS
     pooler_resolution: int = 7
     sampling_ratio: int = 2
     aligned: bool = True  # half-pixel-corrected RoIAlign (torchvision's MultiScaleRoIAlign uses false)
-    box_head: Literal["auto", "two_mlp", "vgg_fc", "res5"] = "auto"  # auto: two_mlp with FPN, else the backbone's
+    box_head: Annotated[str, Names(registries.BOX_HEADS)] = "auto"  # auto: two_mlp with FPN, else the backbone's
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
     bg_iou_lo: float = 0.0  # background RoIs have IoU in [bg_iou_lo, bg_iou_thresh) (Fast R-CNN: 0.1)
@@ -146,7 +151,7 @@ class RCNNConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["faster_rcnn", "fast_rcnn", "rcnn"] = "faster_rcnn"
+    arch: Annotated[str, Names(registries.ARCHS)] = "faster_rcnn"  # a name of registries.ARCHS
     num_classes: Optional[int] = None  # foreground classes; None takes the class list's length
     class_names: Optional[list[str]] = None  # label k names class_names[k - 1]; None: the training set's classes
     category_ids: Optional[list[int]] = None  # COCO category id of each class; None: the training set's (VOC: 1..K)
@@ -189,7 +194,7 @@ class ExactJointConfig:
 class TrainConfig:
     # joint: approximate joint training (end to end, proposals detached); exact_joint: proposals not detached, the
     # detector's loss reaches the RPN's box regression through RoIAlign; alternating: the paper's 4 steps
-    schedule: Literal["joint", "alternating", "exact_joint"] = "joint"
+    schedule: Annotated[str, Names(registries.schedules)] = "joint"  # registries.RECIPES but the archs' own
     alternating: AlternatingConfig = field(default_factory=AlternatingConfig)
     exact_joint: ExactJointConfig = field(default_factory=ExactJointConfig)
     eval_period: int = 0  # evaluate on data.test every N iterations (0: only at the end)
@@ -236,3 +241,6 @@ class Config:
     # dotted key, and the keys the user set whatever their value (detkit.config.load_config fills both).
     sources: dict[str, str] = field(default_factory=dict, repr=False, compare=False, metadata=PROVENANCE)
     user_keys: frozenset[str] = field(default_factory=frozenset, repr=False, compare=False, metadata=PROVENANCE)
+    # What detkit.config_checks.check_config last checked (None: never): build_model and the recipes check again
+    # only a config whose keys changed since, or that was built in Python.
+    checked: Optional[tuple] = field(default=None, repr=False, compare=False, metadata=PROVENANCE)

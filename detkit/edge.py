@@ -28,13 +28,12 @@ from detkit.engine import run_dir
 from detkit.engine.checkpoint import load_model_weights, read_class_meta
 from detkit.errors import DetkitError
 from detkit.modeling.proposals.search_generator import SelectiveSearchProposals
-from detkit.modeling.build import build_detector, build_model, check_keys_apply, needs_proposals, prepare_for_test
+from detkit.modeling.build import build_detector, build_model, needs_proposals, prepare_for_test
 
 
 def setup(cfg: Config, make_output_dir: bool = True) -> torch.device:
-    """Checks the config's keys apply to its arch, then seeds, threads, ops backend (and output folder) for a run;
-    returns the device to use."""
-    check_keys_apply(cfg)  # before any slow step (proposals, training) runs
+    """Seeds, threads, ops backend (and output folder) for a run; returns the device to use. The config's keys were
+    checked when it was loaded (detkit.config.load_config) or by detkit.recipes.train."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

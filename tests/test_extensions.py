@@ -1,7 +1,9 @@
 """The extension points of docs/architecture.md, each proven with a toy part defined here, touching nothing in
-detkit/: a toy backbone and a toy predictor go into a detector through its constructor and train for an iteration,
-then detect; a toy training recipe registers in detkit.recipes.RECIPES and a toy dataset format in
-detkit.data.FORMATS (only for the test) and train through the ordinary paths. Tiny: 64 x 64 images."""
+detkit/ but the registry dict it registers in (detkit.registries, only for the test): a toy backbone and a toy
+predictor go into a detector through its constructor and train for an iteration, then detect; a toy backbone and a
+toy box head registered in BACKBONES / BOX_HEADS are named in a config and built by build_model; a toy training
+recipe (RECIPES) and a toy dataset format (FORMATS) are named in a loaded config and train through the ordinary
+paths. Tiny: 64 x 64 images."""
 from collections import OrderedDict
 
 import pytest
@@ -112,8 +114,9 @@ def test_a_toy_backbone_and_a_toy_predictor_train_and_detect():
 
 
 def test_a_toy_recipe_registers_in_recipes_and_trains(tmp_path, monkeypatch):
-    from detkit import recipes
+    from detkit import recipes, registries
     from detkit.config import load_config
+    from detkit.errors import DetkitError
     from detkit.edge import setup
     from detkit.recipes.common import build_train_and_test, make_trainer
     from detkit.modeling.build import build_detector
@@ -131,10 +134,15 @@ def test_a_toy_recipe_registers_in_recipes_and_trains(tmp_path, monkeypatch):
         ran["summary"] = summary
         return {"toy/iterations": 2}
 
-    monkeypatch.setitem(recipes.RECIPES, "toy", toy_recipe)
+    # One line in the dict: the recipe and the train.* keys it reads (the others do not apply to it).
+    monkeypatch.setitem(registries.RECIPES, "toy", registries.Part(toy_recipe, reads=("train.eval_period",)))
     data = tiny_voc(tmp_path / "voc", count=4)
-    cfg = load_config(DEMO, [f"output_dir={tmp_path / 'run'}", *voc_args(data)])
-    cfg.train.schedule = "toy"  # the schema's allowed values are fixed (see docs/architecture.md)
+    args = [f"output_dir={tmp_path / 'run'}", *voc_args(data), "train.schedule=toy"]
+    with pytest.raises(DetkitError, match=r"^config keys set on the command line that train.schedule=toy does not "
+                                          r"read: train.exact_joint.proposal_grad_scale$"):
+        load_config(DEMO, [*args, "train.exact_joint.proposal_grad_scale=0.5"])
+    cfg = load_config(DEMO, [*args, "train.eval_period=0"])
+    assert cfg.train.schedule == "toy" and recipes.RECIPES is registries.RECIPES
     assert recipes.train(cfg, progress=False) == {"toy/iterations": 2}
     assert (tmp_path / "toy" / "model_final.pth").is_file() and ran["summary"]["train/time_s"] > 0
 
@@ -149,14 +157,14 @@ def test_an_unknown_recipe_name_is_refused_by_the_schema(bad):
 
 
 def test_a_toy_dataset_format_registers_in_formats_and_trains(tmp_path, monkeypatch):
-    """A CSV format (one line per box: file, x1, y1, x2, y2, class) registered in detkit.data.FORMATS for this test
+    """A CSV format (one line per box: file, x1, y1, x2, y2, class) registered in detkit.registries.FORMATS for this test
     only: config -> dataset -> loader -> one SGD iteration, and the COCO evaluation of its test split."""
     import csv
 
     import cv2
     import numpy as np
 
-    from detkit import data
+    from detkit import registries
     from detkit.config import load_config
     from detkit.data.base import DetectionDataset, ImageRecord
     from detkit.edge import build_split, setup
@@ -179,9 +187,9 @@ def test_a_toy_dataset_format_registers_in_formats_and_trains(tmp_path, monkeypa
                    for i, (name, *box, _) in enumerate(rows)]
         return DetectionDataset(records, ["cell"], {1: 1}, skip_corrupt=skip_corrupt, transforms=transforms)
 
-    monkeypatch.setitem(data.FORMATS, "csv", csv_format)
-    cfg = load_config(DEMO, [*TINY, f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path}", "device=cpu"])
-    cfg.data.train.format = cfg.data.test.format = "csv"  # the schema's allowed values are fixed
+    monkeypatch.setitem(registries.FORMATS, "csv", csv_format)  # one line in the dict
+    cfg = load_config(DEMO, [*TINY, f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path}", "device=cpu",
+                             "data.train.format=csv", "data.test.format=csv"])
     device = setup(cfg)
     train_set, test_set = build_split(cfg, "train"), build_split(cfg, "test")
     assert len(train_set) == 4 and train_set.classes == ["cell"]
@@ -191,3 +199,60 @@ def test_a_toy_dataset_format_registers_in_formats_and_trains(tmp_path, monkeypa
     assert summary["train/time_s"] > 0
     metrics, _ = evaluate(model, test_set, device, num_workers=0, progress=False)
     assert "bbox/AP" in metrics and 0 <= metrics["rpn/AR@100"] <= 1
+
+
+def test_a_toy_backbone_and_box_head_register_in_their_dicts_and_build_from_a_config(monkeypatch):
+    """model.backbone.name=toy and model.roi_heads.box_head=toy_mlp, each one line in its registry: load_config
+    accepts them, build_model builds the detector with them, and it trains for an iteration."""
+    from detkit import registries
+    from detkit.config import load_config
+    from detkit.modeling.build import build_model
+
+    def toy_backbone(name, *, fpn, norm, weights, trainable_layers):
+        return ToyBackbone()
+
+    def toy_box_head(cfg, in_channels):
+        return TwoMLPHead(in_channels * cfg.model.roi_heads.pooler_resolution ** 2, 32)
+
+    monkeypatch.setitem(registries.BACKBONES, "toy", toy_backbone)
+    monkeypatch.setitem(registries.BOX_HEADS, "toy_mlp", toy_box_head)
+    cfg = load_config(None, ["model.backbone.name=toy", "model.backbone.fpn=false", "model.roi_heads.box_head=toy_mlp",
+                             "model.rpn.anchor_sizes=[[16, 32]]", "model.roi_heads.pooler_resolution=4",
+                             "input.min_size=64", "input.max_size=64", "model.num_classes=2"])
+    model = build_model(cfg)
+    assert isinstance(model.backbone, ToyBackbone) and model.roi_heads.box_head.out_channels == 32
+    losses = one_sgd_step(model)
+    assert all(v == v and v >= 0 for v in losses.values())
+
+
+def test_a_config_built_in_python_is_checked_once_by_build_model(monkeypatch):
+    """build_model checks a Config built in code (never through load_config) before building, once; a loaded one
+    is not checked again; a key changed after the check is checked again."""
+    from detkit import config_checks
+    from detkit.config import load_config
+    from detkit.config_schema import Config
+    from detkit.errors import DetkitError
+    from detkit.modeling import build
+
+    cfg = Config()
+    cfg.model.arch = "fast_rcnn"
+    cfg.model.rpn.nms_thresh = 0.6  # not the default: a key Fast R-CNN does not read
+    with pytest.raises(DetkitError, match=r"^config keys that do not apply to model.arch=fast_rcnn: "
+                                          r"model.rpn.nms_thresh$"):
+        build.build_model(cfg, 2)
+    calls = []
+    monkeypatch.setattr(config_checks, "check_keys_apply", lambda c: calls.append(c))
+    cfg = Config()
+    cfg.model.backbone.name, cfg.model.backbone.fpn, cfg.model.rpn.anchor_sizes = "resnet18", False, [[32.0]]
+    with torch.device("meta"):
+        build.build_model(cfg, 2)
+        build.build_model(cfg, 2)
+        assert len(calls) == 1
+        cfg.model.roi_heads.score_thresh = 0.1
+        build.build_model(cfg, 2)
+        assert len(calls) == 2
+        loaded = load_config(None, ["model.backbone.name=resnet18", "model.backbone.fpn=false",
+                                    "model.rpn.anchor_sizes=[[32]]"])
+        assert len(calls) == 3
+        build.build_model(loaded, 2)
+        assert len(calls) == 3

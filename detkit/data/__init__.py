@@ -7,7 +7,6 @@ int, ``ignore`` bool (M,), ``orig_size`` (H, W) of the stored image.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from detkit.data.base import DetectionDataset, ImageRecord, Transform
@@ -18,8 +17,10 @@ from detkit.data.loader import TrainStream, build_test_loader, build_train_loade
 from detkit.data.transforms import DetectionTransform, build_transforms
 from detkit.data.voc import VOCDataset
 from detkit.errors import DetkitError
+from detkit.registries import FORMATS, resolve
 
-def _demo(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
+
+def build_demo(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
           skip_corrupt: bool, demo_cache: str | None) -> DetectionDataset:
     """The embedded demo set (generated on first use into demo_cache), split train / test; root is ignored."""
     folder = ensure_demo(demo_cache)
@@ -29,7 +30,7 @@ def _demo(root: str | None, split: str | None, ann_file: str | None, train: bool
     return COCODataset(folder / split, folder / f"{split}.json", skip_corrupt=skip_corrupt, transforms=transforms)
 
 
-def _voc(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
+def build_voc(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
          skip_corrupt: bool, demo_cache: str | None) -> DetectionDataset:
     """A Pascal VOC folder (root), split trainval / test by default."""
     _need_root("voc", root)
@@ -37,7 +38,7 @@ def _voc(root: str | None, split: str | None, ann_file: str | None, train: bool,
                       transforms=transforms)
 
 
-def _coco(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
+def build_coco(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
           skip_corrupt: bool, demo_cache: str | None) -> DetectionDataset:
     """COCO json (ann_file, relative to root); images in root/split when a split is given, else in root."""
     _need_root("coco", root)
@@ -52,8 +53,8 @@ def _need_root(format: str, root: str | None) -> None:
         raise DetkitError(f"Data format '{format}' needs a root folder (data.train.root / data.test.root).")
 
 
-# data.*.format -> the function that builds that format's dataset (a new format is one module and one line here).
-FORMATS: dict[str, Callable[..., DetectionDataset]] = {"demo": _demo, "voc": _voc, "coco": _coco}
+# data.*.format -> the function that builds that format's dataset: detkit.registries.FORMATS (a new format is one
+# module and one line there), re-exported here as FORMATS.
 
 
 def build_dataset(format: str, root: str | None, split: str | None, ann_file: str | None, train: bool,
@@ -66,11 +67,11 @@ def build_dataset(format: str, root: str | None, split: str | None, ann_file: st
     """
     if format not in FORMATS:
         raise DetkitError(f"Unknown data format '{format}'; expected one of {', '.join(FORMATS)}.")
-    return FORMATS[format](root, split, ann_file, train, transforms, skip_corrupt, demo_cache)
+    return resolve(FORMATS[format])(root, split, ann_file, train, transforms, skip_corrupt, demo_cache)
 
 
 __all__ = [
-    "COCODataset", "DEMO_CLASSES", "DetectionDataset", "DetectionTransform", "ImageRecord", "TrainStream",
+    "COCODataset", "DEMO_CLASSES", "DetectionDataset", "DetectionTransform", "FORMATS", "ImageRecord", "TrainStream",
     "VOCDataset", "build_dataset", "build_test_loader", "build_train_loader", "build_transforms", "collate",
     "ensure_demo", "read_image", "to_tensor",
 ]

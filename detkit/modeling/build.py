@@ -1,20 +1,22 @@
 """Config -> detector: the one place where model config keys become constructor arguments.
 
-``model.arch`` picks the builder from ARCHS; every builder fills the parts of a TwoStageDetector.
+``model.arch`` picks the builder from detkit.registries.ARCHS (which names the functions here) and
+``model.roi_heads.box_head`` the box head from registries.BOX_HEADS; every builder fills the parts of a
+TwoStageDetector. The keys were checked when the config was loaded (or, for a Config built in Python, by
+build_model, once: detkit.config_checks.ensure_checked).
 """
 from __future__ import annotations
 
-import math
-
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from detkit.config_checks import config_value, ignored_keys
+from detkit.config_checks import box_head_kind, check_svd_rank, ensure_checked, has_rpn
+from detkit.config_checks import check_keys_apply, check_schedule  # noqa: F401 (their home before config_checks)
 from detkit.config_schema import Config
 from detkit.errors import DetkitError
 from detkit.ranks import get_world_size
+from detkit.registries import ARCHS, BOX_HEADS, resolve
 from detkit.modeling.backbones import build_backbone, build_res5_head, build_vgg_fc_head
 from detkit.modeling.detectors.fast_rcnn import FastRCNN
 from detkit.modeling.detectors.faster_rcnn import FasterRCNN, default_box_feature_names
@@ -28,83 +30,33 @@ from detkit.modeling.roi_heads.predictors import FastRCNNPredictor
 from detkit.modeling.roi_heads.roi_heads import RoIHeads
 from detkit.modeling.weights import finish_build, resolved_config
 
-def check_schedule(cfg: Config) -> None:
-    """Raises DetkitError when train.schedule cannot train the model: alternating and exact_joint need an RPN, and
-    exact_joint a pooler with a box gradient (RoIPool's max has none worth following)."""
-    schedule, sources = cfg.train.schedule, cfg.sources
-    where = lambda key: f"{key} (in {sources[key]})" if key in sources else key  # noqa: E731
-    if schedule != "joint" and cfg.model.arch != "faster_rcnn":
-        raise DetkitError(f"config key {where('train.schedule')}={schedule} needs an RPN: it does not apply to "
-                          f"{where('model.arch')}={cfg.model.arch}")
-    if schedule == "exact_joint" and cfg.model.roi_heads.pooler == "roi_pool":
-        raise DetkitError(f"config key {where('train.schedule')}=exact_joint needs a pooler differentiable with "
-                          f"respect to the box: {where('model.roi_heads.pooler')}=roi_pool has no box gradient "
-                          "(use roi_align)")
-    scale = cfg.train.exact_joint.proposal_grad_scale
-    if not (math.isfinite(scale) and scale > 0):
-        raise DetkitError(f"config key {where('train.exact_joint.proposal_grad_scale')} must be a positive number, "
-                          f"got {scale}")
-    alt = cfg.train.alternating
-    for key, values in (("iter_fractions", alt.iter_fractions), ("lr_factors", alt.lr_factors)):
-        if len(values) != 4 or any(v <= 0 for v in values):
-            raise DetkitError(f"config key {where('train.alternating.' + key)} must hold 4 positive numbers (one per "
-                              f"step), got {values}")
+def two_mlp_box_head(cfg: Config, in_channels: int) -> nn.Module:
+    """model.roi_heads.box_head=two_mlp: two fc layers of representation_size over the flattened pooled map."""
+    rh = cfg.model.roi_heads
+    return TwoMLPHead(in_channels * rh.pooler_resolution ** 2, rh.representation_size)
 
 
-def check_keys_apply(cfg: Config) -> None:
-    """Raises DetkitError naming the keys the arch ignores (config_checks.IGNORED_BY_ARCH) that the user's files,
-    their _base_ files or the overrides set, whatever the value (default included), or that code changed from the
-    default; each named with the file or command line that set it. Also checks train.schedule and svd_rank."""
-    check_schedule(cfg)
-    arch = cfg.model.arch
-    sources: dict[str, str] = cfg.sources
-    user_keys: frozenset[str] = cfg.user_keys
-    default = Config()
-    bad = [f"{k} (in {sources[k]})" if k in sources else k for k in ignored_keys(cfg)
-           if k in user_keys or config_value(cfg, k) != config_value(default, k)]
-    if bad:
-        raise DetkitError(f"config keys that do not apply to model.arch={arch}: {', '.join(bad)}")
-    check_svd_rank(cfg)
-
-
-def check_svd_rank(cfg: Config) -> None:
-    """Raises DetkitError when model.roi_heads.svd_rank is set for a box head without fc layers to compress."""
-    if cfg.model.roi_heads.svd_rank is None:
-        return
-    name, sources = cfg.model.backbone.name, cfg.sources
-    key = "model.roi_heads.svd_rank" + (f" (in {sources['model.roi_heads.svd_rank']})"
-                                        if "model.roi_heads.svd_rank" in sources else "")
-    if cfg.model.arch == "rcnn" and not name.startswith("vgg"):
-        raise DetkitError(f"config key {key} does not apply to model.arch=rcnn with model.backbone.name={name}: "
-                          "its region CNN has no fc6/fc7 to compress (a vgg16 one has)")
-    if cfg.model.arch != "rcnn" and _box_head_kind(cfg) == "res5":
-        raise DetkitError(f"config key {key} does not apply to the res5 box head of model.arch={cfg.model.arch}: it "
-                          "has no fc6/fc7 to compress (two_mlp and vgg_fc have)")
-
-
-def _box_head_kind(cfg: Config) -> str:
-    """model.roi_heads.box_head with auto resolved: two_mlp with FPN, else the backbone's own (vgg_fc or res5)."""
-    bb, kind = cfg.model.backbone, cfg.model.roi_heads.box_head
-    if kind != "auto":
-        return kind
-    return "two_mlp" if bb.fpn else "vgg_fc" if bb.name.startswith("vgg") else "res5"
-
-
-def _box_head(cfg: Config, in_channels: int) -> nn.Module:
-    """The box head model.roi_heads.box_head names (auto: 2-MLP with FPN, else the backbone's own)."""
+def vgg_fc_box_head(cfg: Config, in_channels: int) -> nn.Module:
+    """model.roi_heads.box_head=vgg_fc: VGG16's fc6 / fc7 (a VGG backbone without FPN, 7 x 7 pooling)."""
     bb, rh = cfg.model.backbone, cfg.model.roi_heads
-    kind = _box_head_kind(cfg)
-    if kind == "two_mlp":
-        return TwoMLPHead(in_channels * rh.pooler_resolution ** 2, rh.representation_size)
-    if kind == "vgg_fc":
-        if not bb.name.startswith("vgg") or bb.fpn or rh.pooler_resolution != 7:
-            raise DetkitError("config key 'model.roi_heads.box_head' is vgg_fc, which needs a VGG backbone without "
-                              f"FPN and pooler_resolution 7 (got {bb.name}, fpn={bb.fpn}, {rh.pooler_resolution})")
-        return build_vgg_fc_head(weights=bb.weights)
+    if not bb.name.startswith("vgg") or bb.fpn or rh.pooler_resolution != 7:
+        raise DetkitError("config key 'model.roi_heads.box_head' is vgg_fc, which needs a VGG backbone without "
+                          f"FPN and pooler_resolution 7 (got {bb.name}, fpn={bb.fpn}, {rh.pooler_resolution})")
+    return build_vgg_fc_head(weights=bb.weights)
+
+
+def res5_box_head(cfg: Config, in_channels: int) -> nn.Module:
+    """model.roi_heads.box_head=res5: the ResNet's res5 stage over C4 RoIs (a ResNet backbone without FPN)."""
+    bb = cfg.model.backbone
     if not bb.name.startswith("resnet") or bb.fpn:
         raise DetkitError("config key 'model.roi_heads.box_head' is res5, which needs a ResNet backbone without FPN "
                           f"(got {bb.name}, fpn={bb.fpn})")
     return build_res5_head(bb.name, norm=_built_norm(bb.norm), weights=bb.weights)
+
+
+def auto_box_head(cfg: Config, in_channels: int) -> nn.Module:
+    """model.roi_heads.box_head=auto: two_mlp with FPN, else the backbone's own (vgg_fc or res5)."""
+    return resolve(BOX_HEADS[box_head_kind(cfg)])(cfg, in_channels)
 
 
 def build_rpn(cfg: Config, in_channels: int, num_levels: int) -> RegionProposalNetwork:
@@ -130,7 +82,7 @@ def build_roi_heads(cfg: Config, backbone: nn.Module, num_classes: int) -> RoIHe
     strides = [backbone.strides[n] for n in default_box_feature_names(backbone)]
     pooler = RoIPooler(rh.pooler_resolution, strides, sampling_ratio=rh.sampling_ratio, pooler_type=rh.pooler,
                        aligned=rh.aligned)
-    box_head = _box_head(cfg, backbone.out_channels)
+    box_head = resolve(BOX_HEADS[rh.box_head])(cfg, backbone.out_channels)
     if not 0.0 <= rh.bg_iou_lo <= rh.bg_iou_thresh:
         raise DetkitError(f"config key 'model.roi_heads.bg_iou_lo' is {rh.bg_iou_lo}; it must be in "
                           f"[0, model.roi_heads.bg_iou_thresh = {rh.bg_iou_thresh}]")
@@ -186,16 +138,9 @@ def build_rcnn(cfg: Config, num_classes: int) -> TwoStageDetector:
     return RCNN(num_classes + 1, roi_heads=heads, preprocessor=preprocessor)
 
 
-ARCHS: dict[str, Callable[[Config, int], TwoStageDetector]] = {
-    "faster_rcnn": build_faster_rcnn,
-    "fast_rcnn": build_fast_rcnn,
-    "rcnn": build_rcnn,
-}
-
-
 def needs_proposals(arch: str) -> bool:
-    """True for an arch whose detector reads proposals from the data (no proposal generator of its own)."""
-    return arch in ("fast_rcnn", "rcnn")
+    """True for an arch whose detector reads proposals from the data: no RPN of its own (config_checks.has_rpn)."""
+    return not has_rpn(arch)
 
 
 def build_model(cfg: Config, num_classes: int | None = None, *, init_weights: bool = True) -> TwoStageDetector:
@@ -206,9 +151,9 @@ def build_model(cfg: Config, num_classes: int | None = None, *, init_weights: bo
     num_classes = cfg.model.num_classes or num_classes
     if num_classes is None:
         raise DetkitError("the number of classes is unknown: set model.num_classes or build from a dataset")
-    check_keys_apply(cfg)
+    ensure_checked(cfg)  # a loaded config was checked by load_config; one built in Python is checked here, once
     built = resolved_config(cfg, init_weights=init_weights)  # auto norm / trainable stages / normalisation filled
-    return finish_build(ARCHS[built.model.arch](built, num_classes), built, init_weights=init_weights)
+    return finish_build(resolve(ARCHS[built.model.arch])(built, num_classes), built, init_weights=init_weights)
 
 
 def _built_norm(norm: str) -> str:

@@ -1,9 +1,10 @@
 """Training recipes: what tools/train.py runs, one module per recipe, above the engine (loop, solver, checkpoints).
 
-RECIPES maps a config to its recipe: model.arch=rcnn trains with R-CNN's stages (detkit.recipes.rcnn) whatever
-train.schedule says; otherwise train.schedule picks joint / exact_joint (detkit.recipes.joint) or alternating
-(detkit.recipes.alternating). A recipe is ``run(cfg, resume=, progress=, overwrite=) -> metrics``; adding one is one
-module plus one line here (docs/architecture.md).
+RECIPES (detkit.registries.RECIPES, re-exported) maps a config to its recipe: model.arch=rcnn trains with R-CNN's
+stages (detkit.recipes.rcnn) whatever train.schedule says; otherwise train.schedule picks joint / exact_joint
+(detkit.recipes.joint) or alternating (detkit.recipes.alternating). A recipe is
+``run(cfg, resume=, progress=, overwrite=) -> metrics`` and declares the train.* keys it reads; adding one is one
+module plus one line in registries.RECIPES (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from detkit.config import Config
+from detkit.config_checks import ensure_checked, recipe_name
 from detkit.edge import setup
 from detkit.engine import distributed, run_dir
 from detkit.errors import DetkitError
+from detkit.registries import ARCHS, RECIPES, resolve
 
 
 def _single_stage(schedule: str) -> Callable[..., dict[str, float]]:
@@ -23,42 +26,39 @@ def _single_stage(schedule: str) -> Callable[..., dict[str, float]]:
     return run
 
 
-def _rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+# The recipes registries.RECIPES names (train.schedule, or model.arch=rcnn).
+run_joint = _single_stage("joint")
+run_exact_joint = _single_stage("exact_joint")
+run_alternating = _single_stage("alternating")
+
+
+def run_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     from detkit.recipes.rcnn.schedule import train_rcnn
 
     return train_rcnn(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
 
-# train.schedule (or, for "rcnn", model.arch) -> recipe; MULTI_PROCESS names those torchrun may run on several ranks.
-RECIPES: dict[str, Callable[..., dict[str, Any]]] = {
-    "joint": _single_stage("joint"),
-    "exact_joint": _single_stage("exact_joint"),
-    "alternating": _single_stage("alternating"),
-    "rcnn": _rcnn,
-}
+# The recipes torchrun may run on several ranks.
 MULTI_PROCESS = {"joint", "exact_joint"}
-
-
-def recipe_name(cfg: Config) -> str:
-    """The RECIPES key of a config: "rcnn" for model.arch=rcnn, else train.schedule."""
-    return "rcnn" if cfg.model.arch == "rcnn" else cfg.train.schedule
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, float]:
     """Trains the config's detector with its recipe, evaluates it on data.test and writes metrics.json; returns the
     metrics. A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before
-    anything is written, other changes are warned about and recorded (detkit.engine.run_dir)."""
+    anything is written, other changes are warned about and recorded (detkit.engine.run_dir). A Config built in
+    Python (not by load_config) has its keys checked here, before any slow step."""
     from detkit.modeling.weights import resolved_config
 
+    ensure_checked(cfg)
     # The automatic values (norm, trainable stages, normalisation, a torchvision detector's settings) made concrete
     # once, so the run stores, compares on --resume and saves what it builds (runs from before the automatic
     # defaults resume unchanged).
     cfg = resolved_config(cfg)
     name = recipe_name(cfg)
     if name not in MULTI_PROCESS and distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
-        where = "model.arch=rcnn" if name == "rcnn" else f"train.schedule={name}"
+        where = f"model.arch={name}" if name in ARCHS else f"train.schedule={name}"
         raise DetkitError(f"{where} trains in one process; start it without torchrun (or with one process)")
-    return RECIPES[name](cfg, resume=resume, progress=progress, overwrite=overwrite)
+    return resolve(RECIPES[name])(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
 
 def train_in_one_folder(cfg: Config, schedule: str, *, resume: bool, progress: bool, overwrite: bool

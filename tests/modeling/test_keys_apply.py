@@ -10,7 +10,8 @@ from detkit.config import config_to_dict, save_config
 from detkit.config_checks import RCNN_UNUSED_ROI_HEADS
 from detkit.config_schema import RoIHeadsConfig
 from detkit.errors import DetkitError
-from detkit.modeling.build import check_keys_apply, prepare_for_test
+from detkit.config_checks import check_keys_apply
+from detkit.modeling.build import prepare_for_test
 from detkit.modeling.backbones import build_backbone
 from detkit.modeling.detectors.rcnn import RCNN, build_rcnn_heads
 from detkit.modeling.roi_heads.region_cnn import VGGRegionCNN
@@ -164,3 +165,18 @@ def test_the_rpn_that_proposes_for_a_detector_builds_from_its_config(recipe, ext
     cfg = load_config(CONFIGS / recipe, ["proposals.method=rpn", "proposals.rpn_weights=rpn.pth", *extra])
     model = build_model(rpn_config(cfg), 5)
     assert model.rpn is not None and cfg.model.arch != "faster_rcnn"  # the detector's own config is untouched
+
+
+def test_the_keys_that_do_not_apply_come_from_the_archs_declaration(monkeypatch):
+    """config_checks derives the keys an arch ignores from what registries.ARCHS says it reads: declaring model.rpn
+    for fast_rcnn makes an RPN key apply to it, with no list to keep by hand."""
+    from dataclasses import replace
+
+    from detkit import registries
+
+    overrides = ["model.rpn.nms_thresh=0.6"]
+    with pytest.raises(DetkitError, match=r"fast_rcnn: model.rpn.nms_thresh \(in the command line\)$"):
+        load_config(CONFIGS / "fast_rcnn_r18_fpn.yaml", overrides)
+    fast = registries.ARCHS["fast_rcnn"]
+    monkeypatch.setitem(registries.ARCHS, "fast_rcnn", replace(fast, reads=fast.reads + ("model.rpn",)))
+    assert load_config(CONFIGS / "fast_rcnn_r18_fpn.yaml", overrides).model.rpn.nms_thresh == 0.6

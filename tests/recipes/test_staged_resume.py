@@ -56,7 +56,11 @@ def no_work_after_the_check(monkeypatch):
 
 def make_run(out: Path, cfg, done: tuple[str, ...], started: str | None = None) -> dict[str, bytes]:
     """A run folder as a run of `cfg` leaves it: config.yaml, an earlier config_changes.jsonl line, the `done`
-    stages' markers and, for `started`, a last.pth at iteration 2; returns the two files' bytes."""
+    stages' markers and, for `started`, a last.pth at iteration 2; returns the two files' bytes. A run stores its
+    config with the automatic values resolved (detkit.recipes.train), so the folder holds that one too."""
+    from detkit.modeling.weights import resolved_config
+
+    cfg = resolved_config(cfg)
     out.mkdir(parents=True)
     save_config(cfg, out / "config.yaml")
     (out / CHANGES_FILE).write_text(EARLIER)
@@ -221,11 +225,13 @@ def test_element_reads_only_see_their_own_element():
 
 def test_joint_reads_the_run_config_yaml_too(tmp_path):
     """The joint recipe's check is the same function: its config.yaml is compared even before any last.pth."""
+    from detkit.modeling.weights import resolved_config
+
     out = tmp_path / "run"
     cfg = load_config(DEMO, [f"output_dir={out}", "model.class_names=[cell]"])
     make_run(out, cfg, done=())
-    changed = config_to_dict(load_config(DEMO, [f"output_dir={out}", "model.class_names=[cell]",
-                                                "solver.base_lr=0.5"]))
+    changed = config_to_dict(resolved_config(load_config(DEMO, [f"output_dir={out}", "model.class_names=[cell]",
+                                                                "solver.base_lr=0.5"])))
     assert check_resume(out, changed, common.ONE_FOLDER_READS) == {"solver.base_lr": (cfg.solver.base_lr, 0.5)}
     save_checkpoint(out / "last.pth", model=nn.Linear(2, 2), iteration=4, config=config_to_dict(cfg))
     changed["model"]["backbone"]["name"] = "resnet34"

@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detkit.errors import DetkitError
+from detkit.registries import BACKBONES, resolve  # model.backbone.name -> family (vgg, resnet) or its builder
 
 from . import pretrained, resnet, vgg
 from .fpn import ResNetFPN
@@ -26,11 +27,6 @@ NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
     "bn": nn.BatchNorm2d,
     "frozen_bn": FrozenBatchNorm2d,
     "gn": partial(nn.GroupNorm, 32),
-}
-BACKBONES: dict[str, str] = {
-    "vgg16": "vgg",
-    "vgg16_bn": "vgg",
-    **{name: "resnet" for name in resnet.RESNETS},
 }
 _SHOWN_KEYS = 5
 
@@ -122,6 +118,8 @@ def build_backbone(
     """
     if name not in BACKBONES:
         raise DetkitError(f"Unknown backbone {name!r}; valid backbones are {', '.join(BACKBONES)}.")
+    if BACKBONES[name] not in ("vgg", "resnet"):  # a backbone of its own: "module:function" or the function
+        return resolve(BACKBONES[name])(name, fpn=fpn, norm=norm, weights=weights, trainable_layers=trainable_layers)
     norm_layer = _norm_layer(norm)
     if not isinstance(trainable_layers, int) or not 0 <= trainable_layers <= 5:
         raise DetkitError(f"trainable_layers must be an integer from 0 to 5, got {trainable_layers!r}.")

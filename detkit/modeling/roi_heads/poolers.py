@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit import ops
+from detkit.registries import POOLERS
 
 
 def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
@@ -41,7 +42,7 @@ class RoIPooler(nn.Module):
     def __init__(self, output_size: int, strides: Sequence[int], *, sampling_ratio: int = 2,
                  pooler_type: str = "roi_align", aligned: bool = True) -> None:
         super().__init__()
-        if pooler_type not in ("roi_align", "roi_pool"):
+        if pooler_type not in POOLERS:
             raise ValueError(f"pooler_type must be roi_align or roi_pool, got {pooler_type!r}")
         self.output_size = (output_size, output_size)
         self.scales = [1.0 / s for s in strides]
