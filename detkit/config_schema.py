@@ -157,7 +157,7 @@ class ModelConfig:
     category_ids: Optional[list[int]] = None  # COCO category id of each class; None: the training set's (VOC: 1..K)
     # A whole detector to start from (iteration 0, fresh optimizer): a torchvision detection weights name
     # (FasterRCNN_ResNet50_FPN_Weights.COCO_V1), a torchvision state_dict file or a detkit model_final.pth /
-    # last.pth; class-dependent layers are re-initialised when the class count differs (detkit.modeling.weights)
+    # last.pth; class-dependent layers are re-initialised when the class count differs (detkit.modeling.build.weights)
     weights: Optional[str] = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)

@@ -47,7 +47,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     metrics. A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before
     anything is written, other changes are warned about and recorded (detkit.engine.run_dir). A Config built in
     Python (not by load_config) has its keys checked here, before any slow step."""
-    from detkit.modeling.weights import resolved_config
+    from detkit.modeling.build.weights import resolved_config
 
     ensure_checked(cfg)
     # The automatic values (norm, trainable stages, normalisation, a torchvision detector's settings) made concrete

@@ -118,7 +118,7 @@ def test_resume_removes_the_temporary_files_of_the_one_atomic_writer(tmp_path):
 def test_a_run_from_before_the_automatic_defaults_resumes_with_its_config(tmp_path):
     """norm: auto, trainable_layers / pixel_mean / pixel_std: null resolve to what such a run stored (bn, 5, ImageNet)."""
     from detkit.config import config_to_dict
-    from detkit.modeling.weights import resolved_config
+    from detkit.modeling.build.weights import resolved_config
 
     current = config_to_dict(resolved_config(load_config("configs/demo.yaml")))
     stored = json.loads(json.dumps(current))

@@ -19,7 +19,7 @@ from detkit.config import load_config
 from detkit.errors import DetkitError
 from detkit.modeling.backbones import build_vgg_fc_head
 from detkit.modeling.build import build_model
-from detkit.modeling.weights import load_detector_weights, resolved_config
+from detkit.modeling.build.weights import load_detector_weights, resolved_config
 
 REPO = Path(__file__).resolve().parents[2]
 R18_FPN = str(REPO / "configs" / "faster_rcnn_r18_fpn.yaml")

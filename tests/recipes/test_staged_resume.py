@@ -58,7 +58,7 @@ def make_run(out: Path, cfg, done: tuple[str, ...], started: str | None = None) 
     """A run folder as a run of `cfg` leaves it: config.yaml, an earlier config_changes.jsonl line, the `done`
     stages' markers and, for `started`, a last.pth at iteration 2; returns the two files' bytes. A run stores its
     config with the automatic values resolved (detkit.recipes.train), so the folder holds that one too."""
-    from detkit.modeling.weights import resolved_config
+    from detkit.modeling.build.weights import resolved_config
 
     cfg = resolved_config(cfg)
     out.mkdir(parents=True)
@@ -225,7 +225,7 @@ def test_element_reads_only_see_their_own_element():
 
 def test_joint_reads_the_run_config_yaml_too(tmp_path):
     """The joint recipe's check is the same function: its config.yaml is compared even before any last.pth."""
-    from detkit.modeling.weights import resolved_config
+    from detkit.modeling.build.weights import resolved_config
 
     out = tmp_path / "run"
     cfg = load_config(DEMO, [f"output_dir={out}", "model.class_names=[cell]"])

@@ -1,4 +1,5 @@
-"""Config -> detector: the one place where model config keys become constructor arguments.
+"""Config -> detector: modeling's one edge, where model config keys become constructor arguments (this package:
+the builders here, a run's starting weights and the defaults that follow from them in ``build.weights``).
 
 ``model.arch`` picks the builder from detkit.registries.ARCHS (which names the functions here) and
 ``model.roi_heads.box_head`` the box head from registries.BOX_HEADS; every builder fills the parts of a
@@ -28,7 +29,7 @@ from detkit.modeling.roi_heads.box_head import TwoMLPHead, compress_box_head
 from detkit.modeling.roi_heads.poolers import RoIPooler
 from detkit.modeling.roi_heads.predictors import FastRCNNPredictor
 from detkit.modeling.roi_heads.roi_heads import RoIHeads
-from detkit.modeling.weights import finish_build, resolved_config
+from detkit.modeling.build.weights import finish_build, resolved_config
 
 def two_mlp_box_head(cfg: Config, in_channels: int) -> nn.Module:
     """model.roi_heads.box_head=two_mlp: two fc layers of representation_size over the flattened pooled map."""
