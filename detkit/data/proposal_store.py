@@ -208,8 +208,8 @@ class ProposalStore:
             tmp.write_text(json.dumps(meta, indent=1))
             try:
                 os.link(tmp, path)
-            except FileExistsError:
-                pass  # another writer was first: compare with its meta.json
+            except FileExistsError:  # another writer was first: compare with its meta.json
+                pass
         finally:
             tmp.unlink(missing_ok=True)
         return self.read_meta() or meta
