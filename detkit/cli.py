@@ -26,7 +26,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, progress: bool = False) 
     """Flags every tool takes, and --no-progress for a tool that shows progress bars (progress=True)."""
     if progress:
         parser.add_argument("--no-progress", action="store_true",
-                            help="no progress bars (training prints log lines instead)")
+                            help="no progress bars (train.py prints log lines instead)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 

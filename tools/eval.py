@@ -4,8 +4,8 @@
     python tools/eval.py CONFIG --onnx model.onnx [KEY=VALUE ...]     (an export of tools/export.py, ONNX Runtime)
 
 Prints the metrics table and writes metrics.json, config.yaml, detections.json (the COCO results it scored) and
-report.html (error analysis; test.report=false skips it) to --out (default <output_dir>/eval), beside a training
-run's own files, never over them.
+report.html (error analysis; test.report=false skips it) to --out (default <output_dir>/eval, with --onnx
+<output_dir>/eval_onnx), beside a training run's own files, never over them.
 """
 import argparse
 from pathlib import Path
@@ -24,7 +24,8 @@ def main(args: argparse.Namespace) -> int:
     from detkit.report.run import report_run
 
     cfg = load_config(args.config, args.overrides)
-    out = check_not_a_run(args.out or Path(cfg.output_dir) / "eval", key="--out")
+    # an ONNX export's evaluation goes beside the .pth one, not over it
+    out = check_not_a_run(args.out or Path(cfg.output_dir) / ("eval_onnx" if args.onnx else "eval"), key="--out")
     device = setup(cfg, make_output_dir=False)
     voc = cfg.data.test.format == "voc"
     if args.onnx:
@@ -76,6 +77,6 @@ if __name__ == "__main__":
     source.add_argument("--weights", help="model_final.pth or a checkpoint (last.pth)")
     source.add_argument("--onnx", help="an .onnx file from tools/export.py, run with ONNX Runtime")
     parser.add_argument("--out", help="folder for metrics.json, config.yaml, detections.json and report.html "
-                                      "(default <output_dir>/eval)")
+                                      "(default <output_dir>/eval; with --onnx <output_dir>/eval_onnx)")
     add_common_args(parser, progress=True)
     run(main, parser)

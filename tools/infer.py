@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
             raise DetkitError(f"no trained model at {config.parent}: train one first with "
                               "`python tools/train.py configs/demo.yaml`, or pass --config and --weights")
         cfg = load_config(config)
-    out = check_not_a_run(args.out, key="--out")
+    out = check_not_a_run(args.out, key="--out", tool="infer")
     images = collect_images(args.inputs)
     drawn_paths = output_paths(images, out)  # refuses before any work when an input would be written over
     if args.onnx:

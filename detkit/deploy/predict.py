@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit.data.classes import ClassList
 from detkit.deploy.runtime import OnnxDetector
@@ -29,7 +29,7 @@ def predict_onnx(detector: OnnxDetector, dataset: Any, progress: bool = True) ->
     images per second."""
     outputs: list[dict] = []
     start = time.perf_counter()
-    for i in tqdm(range(len(dataset)), desc="eval (onnx)", leave=False, dynamic_ncols=True, disable=not progress):
+    for i in progress_bar(range(len(dataset)), desc="eval (onnx)", leave=False, disable=not progress):
         image, target = dataset[i]
         proposals = target["proposals"].numpy() if detector.needs_proposals else None
         boxes, labels, scores = detector(to_pixels(image), proposals)

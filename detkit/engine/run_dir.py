@@ -48,12 +48,16 @@ def check_output_dir(path: str | os.PathLike, key: str = "output_dir") -> Path:
     return path
 
 
-def check_not_a_run(path: str | os.PathLike, key: str) -> Path:
-    """Refuse a folder of a training run as the output of evaluation or inference (it would replace config.yaml)."""
+def check_not_a_run(path: str | os.PathLike, key: str, *, tool: str = "eval") -> Path:
+    """Refuse a folder of a training run as the output of evaluation or inference (it would replace config.yaml),
+    and, for tool="infer", the folder of an evaluation (metrics.json: its detections.json would be replaced)."""
     path = check_output_dir(path, key)
     if any((path / name).exists() for name in ("last.pth", "metrics.jsonl")):
         raise DetkitError(f"{key} {path} holds a training run, whose config.yaml and metrics this would replace; "
-                          f"write beside it, e.g. {key} {path / 'eval'}")
+                          f"write beside it, e.g. {key} {path / tool}")
+    if tool == "infer" and (path / "metrics.json").exists():
+        raise DetkitError(f"{key} {path} holds an evaluation (metrics.json), whose detections.json and config.yaml "
+                          f"this would replace; write beside it, e.g. {key} {path.parent / 'infer'}")
     return path
 
 

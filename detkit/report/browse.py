@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torchvision.utils import draw_bounding_boxes
-from tqdm import tqdm
+from detkit.progress import progress_bar
 
 from detkit.errors import DetkitError
 from detkit.visualize import class_color, draw_grid, save_image, to_uint8
@@ -44,7 +44,7 @@ def browse_split(dataset: Any, out_dir: str | Path, *, resize: tuple[int, int] |
     (out / "images").mkdir(parents=True, exist_ok=True)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     tiles, boxes_per_class = [], Counter()
-    for index in tqdm(range(count), desc="browse", disable=not progress, dynamic_ncols=True):
+    for index in progress_bar(range(count), desc="browse", disable=not progress):
         image, target = dataset.get(index, seed=index)
         boxes = target["boxes"].float()
         props = target.get("proposals", torch.zeros(0, 4))[:max_proposals].float() if proposals else None

@@ -125,3 +125,17 @@ def test_a_run_from_before_the_automatic_defaults_resumes_with_its_config(tmp_pa
     stored["model"]["backbone"].update(norm="bn", trainable_layers=5)
     stored["input"].update(pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225])
     assert config_changes(stored, current) == {}
+
+
+def test_inference_refuses_an_evaluation_folder_and_points_beside_it(tmp_path):
+    """infer.py into eval.py's folder would replace its detections.json and config.yaml with its own."""
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    (run / "eval" / "metrics.json").write_text("{}")
+    with pytest.raises(DetkitError, match=r"holds a training run.* e\.g\. --out .*run/infer$"):
+        check_not_a_run(run, "--out", tool="infer")
+    with pytest.raises(DetkitError, match=r"holds an evaluation \(metrics\.json\).* e\.g\. --out .*run/infer$"):
+        check_not_a_run(run / "eval", "--out", tool="infer")
+    assert check_not_a_run(run / "eval", "--out") == run / "eval"  # eval.py may write its own folder again
+    assert (run / "eval" / "metrics.json").read_text() == "{}"
