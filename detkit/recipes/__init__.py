@@ -54,6 +54,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     # once, so the run stores, compares on --resume and saves what it builds (runs from before the automatic
     # defaults resume unchanged).
     cfg = resolved_config(cfg)
+    if not resume:  # a fresh run fetches its starting weights before it writes anything: offline, the folder stays clean
+        from detkit.modeling.backbones.pretrained import fetch
+
+        for spec in (cfg.model.weights, cfg.model.backbone.weights):
+            if spec:
+                fetch(spec, progress=progress)
     name = recipe_name(cfg)
     if name not in MULTI_PROCESS and distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
         where = f"model.arch={name}" if name in ARCHS else f"train.schedule={name}"

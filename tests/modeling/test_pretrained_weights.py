@@ -160,6 +160,10 @@ def test_resume_and_eval_never_fetch_the_initial_weights(hub, tmp_path, monkeypa
     with pytest.raises(DetkitError, match="could not download"):  # a fresh start does need them
         recipes.train(load_config(R18_FPN, [*args, "solver.max_iter=1"]), overwrite=True, progress=False)
     assert tried == [get_weight(R18).url]
+    fresh = tmp_path / "fresh"  # offline, a fresh run fails before it writes anything: the same command runs again
+    with pytest.raises(DetkitError, match="could not download"):
+        recipes.train(load_config(R18_FPN, [*args, "solver.max_iter=1", f"output_dir={fresh}"]), progress=False)
+    assert not fresh.exists()
 
 
 def test_unknown_name_lists_the_close_names():
