@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from detkit.atomic import atomic_write
 from detkit.errors import DetkitError
 
 METADATA_KEY = "detkit"
@@ -134,7 +135,5 @@ def export_detector(detector: nn.Module, out: str | Path, metadata: dict[str, An
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     onnx.checker.check_model(model)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(model.SerializeToString())
-    tmp.replace(out)
-    return out
+    serialized = model.SerializeToString()
+    return atomic_write(out, lambda f: f.write(serialized))

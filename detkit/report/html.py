@@ -13,6 +13,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from detkit.atomic import atomic_write, atomic_write_text
+
 _STYLE = """
 body { font-family: sans-serif; margin: 24px auto; max-width: 1200px; color: #222; background: #fff; }
 h1 { font-size: 22px; } h2 { font-size: 18px; border-bottom: 1px solid #ccc; margin-top: 32px; }
@@ -56,19 +58,12 @@ class Page:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
         plt.close(fig)
-        data = buffer.getvalue()
-        path = self.figures_dir / f"{name}.png"
-        _atomic_write(path, data)
-        self.figures.append(path)
-        encoded = base64.b64encode(data).decode("ascii")
-        self.parts.append(f'<figure><img class="figure" alt="{html.escape(caption)}" '
-                          f'src="data:image/png;base64,{encoded}"><figcaption class="note">{html.escape(caption)}'
-                          "</figcaption></figure>")
+        self.image(buffer.getvalue(), name, caption)
 
     def image(self, png: bytes, name: str, caption: str) -> None:
         """Embed an already encoded PNG (a drawn image) and write it as <name>.png."""
         path = self.figures_dir / f"{name}.png"
-        _atomic_write(path, png)
+        atomic_write(path, lambda f: f.write(png))
         self.figures.append(path)
         encoded = base64.b64encode(png).decode("ascii")
         self.parts.append(f'<figure><img class="figure" alt="{html.escape(caption)}" '
@@ -85,7 +80,7 @@ class Page:
         page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>" + html.escape(self.title) +
                 f"</title><style>{_STYLE}</style></head><body>" + "\n".join(self.parts) + "</body></html>")
         path = self.out_dir / name
-        _atomic_write(path, page.encode("utf-8"))
+        atomic_write_text(path, page)
         return path
 
 
@@ -95,7 +90,3 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
