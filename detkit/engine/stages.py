@@ -6,6 +6,10 @@ fitting, ridge regression, a proposal store). A stage that finished writes `<fol
 metrics, atomically) and is skipped from then on; a stage that was stopped part-way is called again with
 `resume=True` and continues inside its own folder (its Trainer resumes from `last.pth`, a cache from the items it
 already holds). This is detectron2's and the papers' "train in steps" made restartable, not a new training loop.
+
+Under torchrun every rank runs every stage (a Trainer stage is one DDP run; other stages share their work among
+the ranks themselves, e.g. a proposal store or a feature cache, each rank its share of the images); the ranks
+agree on which stages are done and which resume before any of them writes, and rank 0 alone writes the markers.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from detkit.atomic import write_json
+from detkit.ranks import get_world_size, is_main_process
 from detkit.engine.run_dir import DONE_FILE
 from detkit.errors import DetkitError
 
@@ -101,6 +106,7 @@ def run_stages(stages: Sequence[Stage], output_dir: str | os.PathLike, *, resume
             logger.info("stage %d/%d %s: finished earlier, skipped (%s)", index, len(stages), stage.name, marker)
             continue
         resuming = resume and folder.is_dir()  # a stage stopped part-way continues inside its folder
+        _barrier()  # every rank has looked at the folder before any rank creates it
         logger.info("stage %d/%d %s: %s in %s", index, len(stages), stage.name,
                     "resuming" if resuming else "starting", folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -109,6 +115,15 @@ def run_stages(stages: Sequence[Stage], output_dir: str | os.PathLike, *, resume
             f"{stage.keeps or f'what {stage.name} saved in its folder'} are kept in {output_dir}"
         with stop_with_message(f"in stage {index}/{len(stages)} {stage.name}", kept):
             metrics = dict(stage.run(folder, resuming))
-        write_json(marker, metrics, default=float)
+        _barrier()  # every rank's share of the stage is on disk before it counts as done
+        if is_main_process():
+            write_json(marker, metrics, default=float)
         results[stage.name] = metrics
     return results
+
+
+def _barrier() -> None:
+    if get_world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
