@@ -1,12 +1,14 @@
 """Export trained weights to ONNX, pre- and post-processing inside the graph (run it with ONNX Runtime, no PyTorch).
 
-    python tools/export.py CONFIG --weights W [--out model.onnx] [--opset N] [--overwrite] [KEY=VALUE ...]
+    python tools/export.py CONFIG --weights W [--out model.onnx] [--opset N] [--int8] [--overwrite] [KEY=VALUE ...]
 
 The graph takes one (H, W, 3) uint8 RGB image of any size (Fast R-CNN: and its (P, 4) float32 proposals in input
 pixels) and returns boxes (D, 4) in input pixels, labels and scores; the class names, category ids, score threshold,
 sizes, normalisation (and selective-search settings) are in its metadata (detkit.deploy.export). Default --out:
 model.onnx beside the weights; an existing file is never written over without --overwrite. The graph is float32
-(test.amp does not apply) and is checked with onnx.checker.
+(test.amp does not apply) and is checked with onnx.checker. --int8 writes the graph with int8 weights in its fully
+connected layers instead (default --out model_int8.onnx; detkit.deploy.export.quantize_box_head): faster on the CPU,
+its mAP to be checked with eval.py --onnx (docs/benchmarks.md has the figures measured).
 """
 import argparse
 from pathlib import Path
@@ -16,7 +18,8 @@ from detkit.config import load_config
 
 
 def main(args: argparse.Namespace) -> int:
-    from detkit.deploy.export import DEFAULT_OPSET, check_exportable, check_opset, detector_metadata, export_detector
+    from detkit.deploy.export import (DEFAULT_OPSET, check_exportable, check_opset, detector_metadata, export_detector,
+                                      quantize_box_head)
     from detkit.errors import DetkitError
 
     cfg = load_config(args.config, args.overrides)
@@ -24,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
     opset = args.opset or DEFAULT_OPSET
     check_opset(opset)
     weights = Path(args.weights)
-    out = Path(args.out) if args.out else weights.with_name("model.onnx")
+    out = Path(args.out) if args.out else weights.with_name("model_int8.onnx" if args.int8 else "model.onnx")
     if out.exists() and not args.overwrite:
         raise DetkitError(f"--out {out} exists: pass --overwrite to replace it, or choose another --out")
     if out.is_dir():
@@ -40,9 +43,17 @@ def main(args: argparse.Namespace) -> int:
     if model.needs_proposals and p.method != "selective_search":
         settings = {}  # an RPN's proposals cannot be recomputed at deployment: the caller passes them
     meta = detector_metadata(model, cfg.model.arch, cfg.model.class_names, cfg.model.category_ids, settings)
-    export_detector(model, out, meta, opset=opset)
+    if args.int8:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            float_graph = export_detector(model, Path(scratch) / "float32.onnx", meta, opset=opset)
+            quantize_box_head(float_graph, out)
+    else:
+        export_detector(model, out, meta, opset=opset)
     size = out.stat().st_size / 2 ** 20
-    print(f"wrote {out} ({size:.1f} MiB, opset {opset}, {cfg.model.arch}, {len(cfg.model.class_names)} classes)")
+    kind = ", int8 fully connected layers" if args.int8 else ""
+    print(f"wrote {out} ({size:.1f} MiB, opset {opset}, {cfg.model.arch}, {len(cfg.model.class_names)} classes{kind})")
     return 0
 
 
@@ -52,6 +63,8 @@ if __name__ == "__main__":
     parser.add_argument("--weights", required=True, help="model_final.pth or a checkpoint (last.pth)")
     parser.add_argument("--out", help="the .onnx file to write (default: model.onnx beside --weights)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17; at least 16)")
+    parser.add_argument("--int8", action="store_true",
+                        help="int8 weights in the fully connected layers (default --out model_int8.onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     add_common_args(parser)
     run(main, parser)

@@ -7,7 +7,6 @@ pixels, labels, scores), as the eager sides; uint8 HWC pixels for detkit's graph
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import tempfile
 import warnings
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from detkit.deploy import OnnxDetector
-from detkit.deploy.export import detector_metadata, export_detector
+from detkit.deploy.export import detector_metadata, export_detector, quantize_box_head
 from detkit.deploy.predict import to_pixels
 
 
@@ -30,16 +29,7 @@ class DetkitOnnxSide:
         path = folder / "detkit.onnx"
         export_detector(model, path, detector_metadata(model, arch, class_names, category_ids))
         if quantize:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantized = folder / "detkit_int8.onnx"
-            # weights of the fully connected layers only (fc6 / fc7 / predictor: most of the box head's time); int8
-            # convolutions (ConvInteger) ran slower than float32 ones on this CPU
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul", "Gemm"])
-            path = quantized
+            path = quantize_box_head(path, folder / "detkit_int8.onnx")
         self.detector = OnnxDetector(path, threads=threads)
         self.pixels: dict[int, np.ndarray] = {}
 

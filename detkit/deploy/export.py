@@ -15,6 +15,11 @@ torch.onnx's TorchScript-based one (``dynamo=False``): the dynamo exporter canno
 detection (torchvision's own Faster R-CNN fails in it too). RoIAlign with ``aligned=True`` needs opset 16 (its
 ``coordinate_transformation_mode``); the default opset is 17, as torchvision's detection export tests use.
 
+``quantize_box_head`` (``tools/export.py --int8``) writes a copy whose fully connected layers (MatMul / Gemm: fc6,
+fc7 and the predictor, most of the box head's time) have int8 weights (ONNX Runtime's dynamic quantisation,
+``onnxruntime.quantization.quantize_dynamic``, QInt8 weights, activations quantised per call); the convolutions stay
+float32 (ONNX Runtime's ConvInteger ran slower than its float32 convolutions on the CPUs measured, docs/benchmarks.md).
+
 Metadata (``metadata_props``, key ``detkit``): a JSON object with the format version, the arch, class names and
 category ids, the score threshold, the resize sizes, the normalisation and (Fast R-CNN) the selective-search settings,
 so that ``detkit.deploy.OnnxDetector`` needs nothing but the .onnx file.
@@ -137,3 +142,42 @@ def export_detector(detector: nn.Module, out: str | Path, metadata: dict[str, An
     out = Path(out)
     serialized = model.SerializeToString()
     return atomic_write(out, lambda f: f.write(serialized))
+
+
+def quantize_box_head(source: str | Path, out: str | Path) -> Path:
+    """Writes `out`: the detkit export `source` with int8 weights in its fully connected layers (module docstring),
+    its detkit metadata kept (with ``"quantized": "int8 MatMul/Gemm weights"`` added). Returns `out`.
+
+    Raises DetkitError when `source` has no detkit metadata. The file appears whole or not at all (detkit.atomic).
+    """
+    import contextlib
+    import logging
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source_model = onnx.load(str(source))
+    raw = {p.key: p.value for p in source_model.metadata_props}.get(METADATA_KEY)
+    if raw is None:
+        raise DetkitError(f"{source} is not a detkit export (no '{METADATA_KEY}' metadata): nothing to quantize")
+    metadata = {**json.loads(raw), "quantized": "int8 MatMul/Gemm weights"}
+    root = logging.getLogger()  # quantize_dynamic logs advice on pre-processing, which changes nothing here
+    level = root.level
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        root.setLevel(logging.ERROR)
+        try:
+            quantized = Path(scratch) / "int8.onnx"
+            quantize_dynamic(str(source), str(quantized), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+            model = onnx.load(str(quantized))
+        finally:
+            root.setLevel(level)
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.checker.check_model(model)
+    serialized = model.SerializeToString()
+    return atomic_write(Path(out), lambda f: f.write(serialized))

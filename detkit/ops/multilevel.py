@@ -53,11 +53,27 @@ def multi_level_roi_align(
         from detkit.ops.kernels.roi_align import roi_align_triton
 
         return roi_align_triton(features, rois, levels, (oh, ow), scales, sampling_ratio, aligned)
+    if torch.jit.is_tracing():
+        return _traced_multi_level(features, rois, levels, (oh, ow), scales, sampling_ratio, aligned)
     n, c = features[0].shape[:2]
     out = features[0].new_zeros((rois.shape[0], c, oh, ow))
     for level, (feature, scale) in enumerate(zip(features, scales)):
         sel = (levels == level).nonzero().squeeze(1)
-        if torch.jit.is_tracing() or sel.numel():  # a traced graph must pool every level: any may be empty
+        if sel.numel():
             pooled = roi_align_reference(feature, rois[sel], (oh, ow), scale, sampling_ratio, aligned)
             out.index_put_((sel,), pooled.to(out.dtype))  # in place: out-of-place would copy all R rows per level
     return out
+
+
+def _traced_multi_level(features: Sequence[Tensor], rois: Tensor, levels: Tensor, output_size: tuple[int, int],
+                        scales: Sequence[float], sampling_ratio: int, aligned: bool) -> Tensor:
+    """The same result as the loop above, in a form an exported graph runs well at any RoI count: every level is
+    pooled (any may be empty), the levels' rows are concatenated and put back in RoI order with one gather (ONNX
+    Gather) instead of a zero-filled output and one ScatterND per level."""
+    selected, pooled = [], []
+    for level, (feature, scale) in enumerate(zip(features, scales)):
+        sel = (levels == level).nonzero().squeeze(1)
+        selected.append(sel)
+        pooled.append(roi_align_reference(feature, rois[sel], output_size, scale, sampling_ratio, aligned))
+    order = torch.cat(selected)  # a permutation of 0..R-1: every RoI has exactly one level
+    return torch.cat(pooled).index_select(0, torch.argsort(order))

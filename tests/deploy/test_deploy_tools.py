@@ -57,11 +57,9 @@ def setup_run(tmp_path_factory):
     return root, data, weights, voc
 
 
-def test_export_then_eval_and_infer_with_onnx_runtime(setup_run, monkeypatch, capsys):
+def test_export_then_eval_and_infer_with_onnx_runtime(setup_run, float_graph, monkeypatch, capsys):
     root, data, weights, voc = setup_run
-    onnx_path = root / "model.onnx"
-    code, out, err = tool("export.py", DEMO, "--weights", str(weights), *voc, monkeypatch=monkeypatch, capsys=capsys)
-    assert code == 0 and onnx_path.is_file() and "wrote" in out, err
+    onnx_path = float_graph
     tool("eval.py", DEMO, "--weights", str(weights), *voc, "test.amp=off", f"output_dir={root / 'eager'}",
          "--no-progress", monkeypatch=monkeypatch, capsys=capsys)
     code, out, err = tool("eval.py", DEMO, "--onnx", str(onnx_path), *voc, f"output_dir={root / 'onnx'}",
@@ -85,6 +83,47 @@ def test_export_then_eval_and_infer_with_onnx_runtime(setup_run, monkeypatch, ca
     first = [r for r in results if r["image_id"] == 1]
     boxes, labels, scores = detector(cv2.cvtColor(cv2.imread(str(images[0])), cv2.COLOR_BGR2RGB))
     assert len(first) == len(scores) and first[0]["score"] == pytest.approx(float(scores[0]), abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def float_graph(setup_run):
+    """tools/export.py's float32 graph of the tiny run (exported once for the tests that read it)."""
+    root, data, weights, voc = setup_run
+    out = root / "model.onnx"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["export.py", DEMO, "--weights", str(weights), *voc])
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(REPO / "tools" / "export.py"), run_name="__main__")
+    assert not stop.value.code and out.is_file()
+    return out
+
+
+def test_export_int8_quantizes_the_fully_connected_layers_and_keeps_the_metadata(setup_run, float_graph,
+                                                                                  monkeypatch, capsys):
+    import onnx
+
+    from detkit.deploy import OnnxDetector
+
+    root, data, weights, voc = setup_run
+    out = root / "int8" / "model_int8.onnx"
+    code, stdout, err = tool("export.py", DEMO, "--weights", str(weights), "--int8", "--out", str(out), *voc,
+                             monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0 and "int8" in stdout, err
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert "MatMulInteger" in ops and "Conv" in ops and "ConvInteger" not in ops  # fc layers only
+    int8 = OnnxDetector(out)
+    assert int8.metadata["quantized"].startswith("int8") and int8.category_ids == [5]
+    image = cv2.cvtColor(cv2.imread(str(sorted((data / "JPEGImages").glob("*.jpg"))[3])), cv2.COLOR_BGR2RGB)
+    q, f = int8(image), OnnxDetector(float_graph)(image)
+    assert len(f.scores) >= 5 and len(q.scores) >= 5
+    # int8 weights move boxes and scores a little (the random model's scores are near-ties, so the order may change):
+    # each of the float graph's first five detections has an int8 one of its class within 2 px and 0.05 in score
+    for box, label, score in zip(f.boxes[:5], f.labels[:5], f.scores[:5]):
+        near = (np.abs(q.boxes - box).max(axis=1) < 2.0) & (q.labels == label) & (np.abs(q.scores - score) < 0.05)
+        assert near.any(), (box, label, score)
+    code, _, err = tool("export.py", DEMO, "--weights", str(weights), "--int8", "--out", str(out), *voc,
+                        monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and "--overwrite" in err  # never over an existing file (a one-line error, status 2)
 
 
 def test_export_refuses_bad_input_in_one_line(setup_run, tmp_path, monkeypatch, capsys):
@@ -139,11 +178,9 @@ def test_runtime_refuses_files_that_are_not_detkit_exports(setup_run, tmp_path, 
         assert code == 2 and len(err.strip().splitlines()) == 1 and str(path) in err, err
 
 
-def test_the_runtime_imports_neither_torch_nor_torchvision(setup_run, tmp_path):
+def test_the_runtime_imports_neither_torch_nor_torchvision(setup_run, float_graph, tmp_path):
     root, data, weights, voc = setup_run
-    onnx_path = root / "model.onnx"
-    if not onnx_path.is_file():
-        pytest.skip("needs the export of test_export_then_eval_and_infer_with_onnx_runtime")
+    onnx_path = float_graph
     image = next((data / "JPEGImages").glob("*.jpg"))
     code = ("import sys, json; from detkit.deploy import OnnxDetector; "
             f"boxes, labels, scores = OnnxDetector({str(onnx_path)!r}, threads=1)({str(image)!r}); "
