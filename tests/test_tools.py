@@ -1,6 +1,7 @@
 """The command-line tools on the demo data, end to end (tiny runs: a few iterations)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,14 +97,17 @@ def test_recipe_plus_weights_is_enough_the_class_list_travels_with_the_weights(t
     assert cfg.model.class_names == DEMO_CLASSES and cfg.model.category_ids == [1, 2, 3, 4]
 
 def test_infer_benchmark_times_the_model_and_its_torchvision_twin(trained_run, demo_cache, tmp_path):
-    images = sorted(next(demo_cache.glob("*/test")).glob("*.jpg"))[:2]
-    proc = run_tool("benchmark.py", "infer", str(trained_run / "config.yaml"), "--images", *map(str, images),
-                    "--rounds", "1", "model.roi_heads.aligned=false", "test.amp=off", cwd=tmp_path)
+    proc = run_tool("benchmark.py", "infer", str(trained_run / "config.yaml"), "--limit", "2", "--rounds", "1",
+                    f"data.demo_cache={demo_cache}", "model.roi_heads.aligned=false", "test.amp=off", cwd=tmp_path)
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# 2 images on cpu")
-    assert any(line.strip().startswith("detkit:") and "img/s" in line for line in lines)
-    assert any(line.strip().startswith("torchvision:") and "img/s" in line for line in lines)
+    sides = {line.split(":")[0].strip(): line for line in lines if "img/s" in line}
+    assert {"detkit", "torchvision"} <= sides.keys()
     assert "same detections" in proc.stdout
+    # on the test split each side is scored on the benchmarked images: the same detections, the same mAP
+    scores = {name: re.search(r"mAP (\d\.\d{3}) \(VOC (\d\.\d{3})\) on these 2 images", line).groups()
+              for name, line in sides.items()}
+    assert scores["detkit"] == scores["torchvision"]
 
 
 def test_a_killed_run_resumes_to_the_same_weights_as_a_straight_run(tmp_path, demo_cache):

@@ -11,15 +11,19 @@ levers"); torchvision runs as it comes (float32). `--batch N` feeds both N image
 `--onnx` adds two ONNX Runtime sides (detkit.benchmarks.onnx_sides): detkit's export (tools/export.py's graph, float32)
 and the torchvision twin exported the same way, both with the benchmark's thread count; `--int8` also a dynamically
 int8-quantised detkit graph (onnxruntime.quantization). `--random-weights S` benchmarks random weights (class logits
-times S) instead of trained ones, for speed only. The median round per side is reported with the best.
+times S) instead of trained ones, for speed only. The median round per side is reported with the best. On the
+config's test split (no --images), each side's COCO mAP (and VOC mAP) over the benchmarked images is printed too,
+from the detections of its last round (detkit.evaluation.predict.score).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,16 +50,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE, e.g. threads=2")
 
 
-def load_images(cfg: Config, paths: list[str] | None, limit: int) -> list[torch.Tensor]:
-    """Decoded CHW float images: the named files and folders, else the config's test split."""
+def load_images(cfg: Config, paths: list[str] | None, limit: int) -> tuple[list[torch.Tensor], Any]:
+    """Decoded CHW float images: the named files and folders (and None), else the config's first `limit` test
+    images and that part of the test split (a dataset whose records are those images, to score detections)."""
     from detkit.data.image_io import collect_images, read_image, to_tensor
 
     if paths:
-        return [to_tensor(read_image(p)) for p in collect_images(paths)[:limit]]
-    from detkit.edge import build_split
+        return [to_tensor(read_image(p)) for p in collect_images(paths)[:limit]], None
+    from detkit.edge import build_split, class_list
 
-    dataset = build_split(cfg, "test")
-    return [dataset[i][0] for i in range(min(limit, len(dataset)))]
+    dataset = build_split(cfg, "test", class_list(cfg))
+    part = copy.copy(dataset)
+    part.records = dataset.records[:limit]
+    part.image_ids = [r.image_id for r in part.records]
+    return [dataset[i][0] for i in range(len(part.records))], part
+
+
+def mean_ap(detections: list[dict], dataset: Any) -> str:
+    """'mAP 0.xxx (VOC 0.xxx)' of one side's detections (input pixels, one per image) on the benchmarked images."""
+    from detkit.evaluation.predict import score
+
+    outputs = [{k: v.float() if k != "labels" else v for k, v in d.items()} for d in detections]
+    metrics, _ = score(outputs, dataset, voc=True, img_per_s=float("nan"))
+    return f"mAP {metrics['bbox/AP']:.3f} (VOC {metrics['voc/mAP']:.3f})"
 
 
 @torch.no_grad()
@@ -123,7 +140,8 @@ def main(args: argparse.Namespace) -> int:
         # the twin from the unfolded weights: torchvision's backbone keeps its FrozenBatchNorm2d layers
         twin_cfg = load_config(args.config, [*args.overrides, "test.fold_bn=false"])
         twin = to_torchvision(load_trained(twin_cfg, weights)).to(device).eval()
-    images = [im.to(device) for im in load_images(cfg, args.images, args.limit)]
+    images, scored_on = load_images(cfg, args.images, args.limit)
+    images = [im.to(device) for im in images]
     sides = {"detkit": with_test_amp(model, cfg.test.amp, device), "torchvision": twin}
     if args.onnx:
         if device.type != "cpu":
@@ -160,7 +178,8 @@ def main(args: argparse.Namespace) -> int:
           f"torch {torch.__version__}")
     for name in sides:
         count = sum(len(d["boxes"]) for d in detections[name])
-        print(f"{name:>16}: {median[name]:.2f} img/s median (best {best[name]:.2f}), {count} detections")
+        quality = f", {mean_ap(detections[name], scored_on)} on these {len(images)} images" if scored_on else ""
+        print(f"{name:>16}: {median[name]:.2f} img/s median (best {best[name]:.2f}), {count} detections{quality}")
     print(f"{'ratio':>16}: {best['detkit'] / best['torchvision']:.2f}x (detkit / torchvision, best); "
           f"{agreement(detections['detkit'], detections['torchvision'])}")
     if args.batch_compare:
