@@ -42,6 +42,7 @@ from torch import nn
 from detkit.config import Config
 from detkit.data.proposals import ProposalStore, propose_dataset
 from detkit.engine.checkpoint import load_model_weights
+from detkit.engine.distributed import barrier, is_main_process
 from detkit.engine.run_dir import StageReads, link_or_copy
 from detkit.engine.stages import Stage, run_stages
 from detkit.errors import DetkitError
@@ -181,11 +182,15 @@ def train_alternating(cfg: Config, train_set: Any, device: torch.device, *, resu
     <output_dir>/model_final.pth, and a training summary (img/s over all SGD steps)."""
     out = Path(cfg.output_dir)
     stages = alternating_stages(cfg, train_set, device, progress=progress)
-    if not resume:  # the caller's output-folder guard allowed a fresh start (--overwrite): old stages go
-        for stage in stages:
-            shutil.rmtree(out / stage.name, ignore_errors=True)
+    if not resume:  # the output-folder guard allowed a fresh start (--overwrite): old stages go
+        if is_main_process():
+            for stage in stages:
+                shutil.rmtree(out / stage.name, ignore_errors=True)
+        barrier()  # no rank looks for a done marker before the old ones are gone
     results = run_stages(stages, out, resume=resume)
-    link_or_copy(out / ALTERNATING_STEPS[-1] / FINAL, out / FINAL)
+    if is_main_process():
+        link_or_copy(out / ALTERNATING_STEPS[-1] / FINAL, out / FINAL)
+    barrier()  # every rank loads model_final.pth below
     model = build_model(cfg, len(cfg.model.class_names))
     load_model_weights(out / FINAL, model)
     sgd = [results[name] for name in ALTERNATING_STEPS if name != "1_proposals"]
