@@ -26,6 +26,11 @@ stage-2 RPN is initialised from the stage-1 Fast R-CNN model, which has no RPN l
 Each step runs the solver's schedule scaled to its length: its warmup is the same fraction of the step as
 solver.warmup_iters is of solver.max_iter, as its learning-rate steps are (solver.steps are fractions).
 The result is one network with one backbone: 4_fast_rcnn/model_final.pth, copied to <output_dir>/model_final.pth.
+
+Under torchrun every rank runs every step (detkit.engine.stages.run_stages): a training step is one DDP run (each
+rank its slice of the same global batches, losses over the global batch, rank 0 writing), 1_proposals shares the
+store's missing images among the ranks (detkit.data.proposals.propose_dataset), and what follows a step reads only
+what the step's barrier has seen written. Rank 0 alone clears old steps (--overwrite) and links the final weights.
 """
 from __future__ import annotations
 
