@@ -42,7 +42,13 @@ def init_from_env(device: torch.device) -> torch.device:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    # torchrun's agent keeps one TCP store for every restart of the group (torch's TCPStore sharing), with the keys
+    # of the group before a restart still in it (each rank's address): a restarted rank that reads them before its
+    # peer has replaced them connects to a process that is gone and waits for TIMEOUT. A prefix per restart keeps
+    # the groups apart.
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    dist.init_process_group(backend, store=dist.PrefixStore(f"detkit/restart_{restart_count()}", store), rank=rank,
+                            world_size=world_size, timeout=TIMEOUT)
     return device
 
 

@@ -103,12 +103,12 @@ def run_stages(stages: Sequence[Stage], output_dir: str | os.PathLike, *, resume
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 raise DetkitError(f"{marker} is not valid JSON ({error}); delete it to run stage "
                                   f"{stage.name!r} again") from error
-            logger.info("stage %d/%d %s: finished earlier, skipped (%s)", index, len(stages), stage.name, marker)
+            _log("stage %d/%d %s: finished earlier, skipped (%s)", index, len(stages), stage.name, marker)
             continue
         resuming = resume and folder.is_dir()  # a stage stopped part-way continues inside its folder
         _barrier()  # every rank has looked at the folder before any rank creates it
-        logger.info("stage %d/%d %s: %s in %s", index, len(stages), stage.name,
-                    "resuming" if resuming else "starting", folder)
+        _log("stage %d/%d %s: %s in %s", index, len(stages), stage.name, "resuming" if resuming else "starting",
+             folder)
         folder.mkdir(parents=True, exist_ok=True)
         finished = names[: index - 1]
         kept = (f"the finished stage(s) {', '.join(finished)} and " if finished else "") + \
@@ -120,6 +120,12 @@ def run_stages(stages: Sequence[Stage], output_dir: str | os.PathLike, *, resume
             write_json(marker, metrics, default=float)
         results[stage.name] = metrics
     return results
+
+
+def _log(message: str, *args: Any) -> None:
+    """An info line from rank 0 alone (every rank runs the same stages)."""
+    if is_main_process():
+        logger.info(message, *args)
 
 
 def _barrier() -> None:

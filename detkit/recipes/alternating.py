@@ -26,6 +26,11 @@ stage-2 RPN is initialised from the stage-1 Fast R-CNN model, which has no RPN l
 Each step runs the solver's schedule scaled to its length: its warmup is the same fraction of the step as
 solver.warmup_iters is of solver.max_iter, as its learning-rate steps are (solver.steps are fractions).
 The result is one network with one backbone: 4_fast_rcnn/model_final.pth, copied to <output_dir>/model_final.pth.
+
+Under torchrun every rank runs every step (detkit.engine.stages.run_stages): a training step is one DDP run (each
+rank its slice of the same global batches, losses over the global batch, rank 0 writing), 1_proposals shares the
+store's missing images among the ranks (detkit.data.proposals.propose_dataset), and what follows a step reads only
+what the step's barrier has seen written. Rank 0 alone clears old steps (--overwrite) and links the final weights.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ from torch import nn
 from detkit.config import Config
 from detkit.data.proposals import ProposalStore, propose_dataset
 from detkit.engine.checkpoint import load_model_weights
+from detkit.engine.distributed import barrier, is_main_process
 from detkit.engine.run_dir import StageReads, link_or_copy
 from detkit.engine.stages import Stage, run_stages
 from detkit.errors import DetkitError
@@ -181,11 +187,15 @@ def train_alternating(cfg: Config, train_set: Any, device: torch.device, *, resu
     <output_dir>/model_final.pth, and a training summary (img/s over all SGD steps)."""
     out = Path(cfg.output_dir)
     stages = alternating_stages(cfg, train_set, device, progress=progress)
-    if not resume:  # the caller's output-folder guard allowed a fresh start (--overwrite): old stages go
-        for stage in stages:
-            shutil.rmtree(out / stage.name, ignore_errors=True)
+    if not resume:  # the output-folder guard allowed a fresh start (--overwrite): old stages go
+        if is_main_process():
+            for stage in stages:
+                shutil.rmtree(out / stage.name, ignore_errors=True)
+        barrier()  # no rank looks for a done marker before the old ones are gone
     results = run_stages(stages, out, resume=resume)
-    link_or_copy(out / ALTERNATING_STEPS[-1] / FINAL, out / FINAL)
+    if is_main_process():
+        link_or_copy(out / ALTERNATING_STEPS[-1] / FINAL, out / FINAL)
+    barrier()  # every rank loads model_final.pth below
     model = build_model(cfg, len(cfg.model.class_names))
     load_model_weights(out / FINAL, model)
     sgd = [results[name] for name in ALTERNATING_STEPS if name != "1_proposals"]
