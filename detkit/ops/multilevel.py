@@ -59,10 +59,10 @@ def multi_level_roi_align(
     out = features[0].new_zeros((rois.shape[0], c, oh, ow))
     for level, (feature, scale) in enumerate(zip(features, scales)):
         sel = (levels == level).nonzero().squeeze(1)
-        # Every level is pooled, an empty one too (any level may be empty), so that every
-        # level gets a gradient, zeros where no RoI fell, as from the Triton kernel: DistributedDataParallel needs
-        # a gradient for every trainable parameter in each step (an FPN level's convolution feeds only the pooler
-        # in a Fast R-CNN), and one process then updates what several processes update.
+        # Every level is pooled, an empty one too, so that every level gets a gradient (zeros where no RoI fell, as
+        # from the Triton kernel): DistributedDataParallel needs a gradient for every trainable parameter in each
+        # step (an FPN level's convolution feeds only the pooler in a Fast R-CNN), and one process then updates
+        # what several processes update.
         pooled = roi_align_reference(feature, rois[sel], (oh, ow), scale, sampling_ratio, aligned)
         out.index_put_((sel,), pooled.to(out.dtype))  # in place: out-of-place would copy all R rows per level
     return out
