@@ -39,7 +39,7 @@ def run_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite
 
 
 # The recipes torchrun may run on several ranks.
-MULTI_PROCESS = {"joint", "exact_joint"}
+MULTI_PROCESS = {"joint", "exact_joint", "rcnn"}
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, float]:

@@ -191,8 +191,7 @@ def test_sync_bn_builds_batchnorm_alone_with_the_same_state_dict():
 
 
 @pytest.mark.parametrize("config, overrides, name", [("demo.yaml", ["train.schedule=alternating"],
-                                                      "train.schedule=alternating"),
-                                                     ("rcnn_r18.yaml", [], "model.arch=rcnn")])
+                                                      "train.schedule=alternating")])
 def test_multi_stage_schedules_refuse_several_processes(tmp_path, monkeypatch, config, overrides, name):
     from detkit.config import load_config
     from detkit.recipes import train
