@@ -3,7 +3,8 @@ regression, on the feature cache (detkit.recipes.rcnn.features). Each is resumab
 and, under torchrun, shares its classes among the ranks (detkit.recipes.rcnn.shares).
 
 K foreground classes (labels 1..K). Boxes x1, y1, x2, y2 in stored-image pixels. Figures go to the stage folder's
-metrics.jsonl (one line per mining round or fit) and to what the function returns (its stage_done.json).
+metrics.jsonl (one line per mining round, written by rank 0 once every class is fitted, or per fit) and to what the
+function returns (its stage_done.json).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 regression, each a detkit.engine.stages Stage in its own folder under output_dir (skipped when done, resumed inside
 its folder when stopped: the Trainer from last.pth, the feature cache per image, the SVMs per class), then one
 model_final.pth holding the CNN, the SVMs and the regressors, evaluated on data.test with and without regression.
+Under torchrun every rank runs every stage, each sharing the stage's work (train_rcnn).
 
 Reads config keys (a recipe: the edge where a config becomes arguments).
 """
