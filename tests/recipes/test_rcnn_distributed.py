@@ -2,7 +2,7 @@
 files, both sides at threads=1), fit the same SVMs and box regressors and give the same detections, through a
 worker SIGKILLed in the features stage and the group's restart by torchrun (--max-restarts), inside the stage.
 
-CPU, gloo, ten 64x48 VOC images of two classes, 30 proposals per image, 32 x 32 warps, 4 fine-tuning iterations.
+CPU, gloo, ten 64x48 VOC images of two classes, 30 proposals per image, 32 x 32 warps, 2 fine-tuning iterations.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.data.conftest import write_voc
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_IMAGES = 10
-TINY = ["solver.max_iter=4", "solver.batch_size=2", "solver.warmup_iters=1", "solver.checkpoint_period=2",
+TINY = ["solver.max_iter=2", "solver.batch_size=2", "solver.warmup_iters=1", "solver.checkpoint_period=2",
         "solver.log_period=1", "solver.amp=off", "data.num_workers=0", "threads=1", "device=cpu",
         "input.min_size=64", "input.max_size=64", "proposals.top_k=30", "model.rcnn.features_per_image=30",
         "model.rcnn.svm_init_negatives=50", "model.rcnn.svm_cache_size=200", "model.rcnn.svm_rounds=2",
@@ -143,3 +143,17 @@ def test_two_processes_cache_fit_and_detect_what_one_process_does_through_a_rest
     assert metrics["bbox/AP"] == expected["bbox/AP"] and metrics["no_bbox_reg/bbox/AP"] == \
         expected["no_bbox_reg/bbox/AP"]
     assert not list(out.rglob("*.tmp"))
+
+
+def test_sharing_deletes_only_the_temporary_files_of_dead_writers(tmp_path):
+    from detkit.atomic import temp_path
+    from detkit.recipes.rcnn.shares import share_missing
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = temp_path(tmp_path / "2.fc7.npy")  # this process's name
+    orphan = Path(str(live).replace(f".{os.getpid()}.", f".{int(dead.stdout)}."))  # a killed writer's name
+    for path in (live, orphan, tmp_path / "1.boxes.npz"):
+        path.write_bytes(b"x")
+    todo, mine = share_missing([1, 2, 3], lambda i: (tmp_path / f"{i}.boxes.npz").is_file(), tmp_path)
+    assert todo == mine == [2, 3]  # alone, every item left is this process's
+    assert live.is_file() and not orphan.exists()

@@ -142,7 +142,7 @@ def cache_features(model: nn.Module, dataset: Any, cache: FeatureCache, device: 
     """
     model.eval()
     ids = [rec.image_id for rec in dataset.records]
-    todo, mine = share_missing(range(len(ids)), lambda index: cache.has(ids[index]))
+    todo, mine = share_missing(range(len(ids)), lambda index: cache.has(ids[index]), cache.root)
     for index in progress_bar(mine, desc="features", disable=not progress):
         image, target = dataset[index]
         boxes = torch.cat([target["boxes"], target["proposals"][:max_proposals]]).float()

@@ -83,7 +83,7 @@ def run_svm_stage(cache: FeatureCache, image_ids: list[int], num_classes: int, s
     images = [cache.load(i) for i in image_ids]
     scale = mean_norm_scale([im.fc7[im.num_gt:] for im in images], feature_norm)
     path = lambda k: folder / f"class_{k}.npz"  # noqa: E731
-    todo, mine = share_missing(range(1, num_classes + 1), lambda k: path(k).is_file())
+    todo, mine = share_missing(range(1, num_classes + 1), lambda k: path(k).is_file(), folder)
     for k in progress_bar(mine, desc="svms", disable=not progress):
         w, b, summary = _fit_class(images, k, scale, settings, neg_iou)
         atomic_write(path(k), lambda f: np.savez(f, weight=w, bias=b, **summary))
@@ -152,7 +152,7 @@ def run_bbox_stage(cache: FeatureCache, image_ids: list[int], num_classes: int, 
     images = [cache.load(i) for i in image_ids]
     scale = mean_norm_scale([im.pool5[im.num_gt:] for im in images], feature_norm)
     path = lambda k: folder / f"class_{k}.npz"  # noqa: E731
-    todo, mine = share_missing(range(1, num_classes + 1), lambda k: path(k).is_file())
+    todo, mine = share_missing(range(1, num_classes + 1), lambda k: path(k).is_file(), folder)
     dim = images[0].pool5.shape[1]
     for k, d in _regression_rows(images, set(mine), scale, reg_iou, holdout_every).items():
         fitted = _fit_regressor(d, dim, box_coder, alpha)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
+from detkit.atomic import writer_gone
 from detkit.engine import distributed
 
 T = TypeVar("T")
@@ -16,10 +18,14 @@ T = TypeVar("T")
 WAIT_POLL_S = 0.2  # how often a rank that finished its share looks for the other ranks' files
 
 
-def share_missing(items: Sequence[T], done: Callable[[T], bool]) -> tuple[list[T], list[T]]:
-    """(the items not done, in order; this rank's share of them). A collective: every rank calls it at the same
-    point, before any rank writes an item's file, so every rank sees the same list and the shares cover each item
-    once."""
+def share_missing(items: Sequence[T], done: Callable[[T], bool], folder: Path) -> tuple[list[T], list[T]]:
+    """(the items not done, in order; this rank's share of them), after deleting the temporary files in `folder`
+    that a killed writer left (detkit.atomic.writer_gone). A collective: every rank calls it at the same point,
+    before any rank writes an item's file, so every rank sees the same list and the shares cover each item once."""
+    now = time.time()
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file() and writer_gone(tmp, now):
+            tmp.unlink(missing_ok=True)
     todo = [item for item in items if not done(item)]
     distributed.barrier()  # every rank has looked before any rank writes
     return todo, todo[distributed.get_rank()::distributed.get_world_size()]
