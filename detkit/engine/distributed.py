@@ -42,7 +42,12 @@ def init_from_env(device: torch.device) -> torch.device:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    # The launcher's store outlives a restart of the worker group, and with it the gloo addresses the killed ranks
+    # published: a restarted rank could read one and fail to connect ("Connection refused", seen under
+    # torchrun --max-restarts). Each start of the group keys its process group under its own prefix.
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    store = dist.PrefixStore(f"detkit/start_{restart_count()}", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
     return device
 
 

@@ -149,9 +149,10 @@ def test_sharing_deletes_only_the_temporary_files_of_dead_writers(tmp_path):
     from detkit.atomic import temp_path
     from detkit.recipes.rcnn.shares import share_missing
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
     live = temp_path(tmp_path / "2.fc7.npy")  # this process's name
-    orphan = Path(str(live).replace(f".{os.getpid()}.", f".{int(dead.stdout)}."))  # a killed writer's name
+    orphan = Path(str(live).replace(f".{os.getpid()}.", f".{dead.pid}."))  # a gone writer's name
     for path in (live, orphan, tmp_path / "1.boxes.npz"):
         path.write_bytes(b"x")
     todo, mine = share_missing([1, 2, 3], lambda i: (tmp_path / f"{i}.boxes.npz").is_file(), tmp_path)
