@@ -89,7 +89,8 @@ def one_process(voc, tmp_path_factory) -> Path:
 
 def test_two_processes_cache_fit_and_detect_what_one_process_does_through_a_restart(voc, one_process, tmp_path):
     """From the same fine-tuned CNN (one process's stages 1-2, copied: fine-tuning itself matches across process
-    counts only to about 1e-5, as joint training), 2 processes resumed for the stages after it give bit-equal results,
+    counts only to float rounding, as joint training), 2 processes resumed for the stages after it give bit-equal
+    results,
     with a worker SIGKILLed part-way through the feature cache and the group restarted by torchrun (--max-restarts),
     which continues inside the features stage."""
     out = tmp_path / "run"
