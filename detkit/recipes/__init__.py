@@ -8,16 +8,14 @@ module plus one line in registries.RECIPES (docs/architecture.md).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from detkit.config import Config
 from detkit.config_checks import ensure_checked, recipe_name
 from detkit.edge import setup
-from detkit.engine import distributed, run_dir
-from detkit.errors import DetkitError
-from detkit.registries import ARCHS, RECIPES, resolve
+from detkit.engine import run_dir
+from detkit.registries import RECIPES, resolve
 
 
 def _single_stage(schedule: str) -> Callable[..., dict[str, float]]:
@@ -38,10 +36,6 @@ def run_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite
     return train_rcnn(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
 
-# The recipes torchrun may run on several ranks.
-MULTI_PROCESS = {"joint", "exact_joint", "alternating"}
-
-
 def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, float]:
     """Trains the config's detector with its recipe, evaluates it on data.test and writes metrics.json; returns the
     metrics. A folder holding a run needs `resume` or `overwrite`; a resume that changes the model is refused before
@@ -60,11 +54,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
         for spec in (cfg.model.weights, cfg.model.backbone.weights):
             if spec:
                 fetch(spec, progress=progress)
-    name = recipe_name(cfg)
-    if name not in MULTI_PROCESS and distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
-        where = f"model.arch={name}" if name in ARCHS else f"train.schedule={name}"
-        raise DetkitError(f"{where} trains in one process; start it without torchrun (or with one process)")
-    return resolve(RECIPES[name])(cfg, resume=resume, progress=progress, overwrite=overwrite)
+    return resolve(RECIPES[recipe_name(cfg)])(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
 
 def train_in_one_folder(cfg: Config, schedule: str, *, resume: bool, progress: bool, overwrite: bool

@@ -188,16 +188,3 @@ def test_sync_bn_builds_batchnorm_alone_with_the_same_state_dict():
     assert sync.state_dict().keys() == plain.state_dict().keys()
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in sync.modules())
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())  # no process group: plain BN
-
-
-@pytest.mark.parametrize("config, overrides, name", [("rcnn_r18.yaml", [], "model.arch=rcnn")])
-def test_multi_stage_schedules_refuse_several_processes(tmp_path, monkeypatch, config, overrides, name):
-    from detkit.config import load_config
-    from detkit.recipes import train
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    cfg = load_config(REPO / "configs" / config, [*overrides, f"output_dir={tmp_path / 'run'}"])
-    with pytest.raises(DetkitError, match=f"{name} trains in one process"):
-        train(cfg)
-    assert not (tmp_path / "run").exists()  # refused before anything was written

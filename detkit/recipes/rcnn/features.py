@@ -20,6 +20,7 @@ from detkit.progress import progress_bar
 
 from detkit.atomic import atomic_write
 from detkit.errors import DetkitError
+from detkit.recipes.rcnn.shares import share_missing, wait_for
 
 
 @dataclass(frozen=True)
@@ -132,18 +133,21 @@ def _atomic_save(path: Path, write: Any) -> None:
 @torch.no_grad()
 def cache_features(model: nn.Module, dataset: Any, cache: FeatureCache, device: torch.device, *,
                    max_proposals: int, progress: bool = True) -> dict[str, int]:
-    """Fills the cache for every image of an un-augmented dataset with proposals; counts computed and reused."""
+    """Fills the cache for every image of an un-augmented dataset with proposals; counts computed and reused.
+
+    Under torchrun the images not yet cached are shared among the ranks (rank r takes every W-th, detkit.recipes.rcnn
+    .shares), each writing its own images' files; a rank returns once every image is cached. An image's features do
+    not depend on which rank computes it (one image per forward), so the cache is the one of one process. Every rank
+    returns the same counts (all ranks' images).
+    """
     model.eval()
-    computed = reused = 0
-    for index in progress_bar(range(len(dataset)), desc="features", disable=not progress):
-        image_id = dataset.records[index].image_id
-        if cache.has(image_id):
-            reused += 1
-            continue
+    ids = [rec.image_id for rec in dataset.records]
+    todo, mine = share_missing(range(len(ids)), lambda index: cache.has(ids[index]), cache.root)
+    for index in progress_bar(mine, desc="features", disable=not progress):
         image, target = dataset[index]
         boxes = torch.cat([target["boxes"], target["proposals"][:max_proposals]]).float()
         fc7, pool5 = model.region_features([image.to(device)], [boxes.to(device)])
-        cache.save(image_id, fc7.cpu().numpy(), pool5.cpu().numpy(), boxes.numpy(), target["labels"].numpy(),
+        cache.save(ids[index], fc7.cpu().numpy(), pool5.cpu().numpy(), boxes.numpy(), target["labels"].numpy(),
                    target["ignore"].numpy())
-        computed += 1
-    return {"features/computed_images": computed, "features/reused_images": reused}
+    wait_for(todo, lambda index: cache.has(ids[index]))
+    return {"features/computed_images": len(todo), "features/reused_images": len(ids) - len(todo)}

@@ -2,6 +2,7 @@
 regression, each a detkit.engine.stages Stage in its own folder under output_dir (skipped when done, resumed inside
 its folder when stopped: the Trainer from last.pth, the feature cache per image, the SVMs per class), then one
 model_final.pth holding the CNN, the SVMs and the regressors, evaluated on data.test with and without regression.
+Under torchrun every rank runs every stage, each sharing the stage's work (train_rcnn).
 
 Reads config keys (a recipe: the edge where a config becomes arguments).
 """
@@ -18,11 +19,11 @@ from torch import nn
 from detkit.atomic import write_json
 from detkit.config import Config, config_to_dict
 from detkit.edge import setup
-from detkit.engine import run_dir
+from detkit.engine import distributed, run_dir
 from detkit.engine.checkpoint import atomic_torch_save, class_meta, load_model_weights
 from detkit.engine.stages import Stage, run_stages, stop_with_message
 from detkit.evaluation.coco import format_coco_table
-from detkit.evaluation.predict import evaluate, save_detection_picture
+from detkit.evaluation.predict import evaluate_sharded, save_detection_picture
 from detkit.modeling.build import build_model, prepare_for_test
 from detkit.recipes import common
 from detkit.recipes.rcnn.features import FeatureCache, cache_features
@@ -45,7 +46,7 @@ STAGE_READS = (
                        after=(STAGES[1],)),
     run_dir.StageReads(STAGES[3], ("seed", "model.class_names", *_SVM), continues=False, after=(STAGES[2],)),
     run_dir.StageReads(STAGES[4], ("model.class_names", "model.rcnn.reg_alpha", "model.rcnn.reg_iou",
-                                   "model.rcnn.feature_norm"), after=(STAGES[2],)),
+                                   "model.rcnn.feature_norm"), continues=False, after=(STAGES[2],)),
 )
 
 
@@ -63,7 +64,7 @@ def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device
     def proposals(folder: Path, resume: bool) -> dict[str, Any]:
         counts = [len(train_set.proposals.load(rec.image_id)) for rec in train_set.records]
         metrics = {"proposals/train_images": len(counts), "proposals/mean_per_image": sum(counts) / max(len(counts), 1)}
-        append_jsonl(folder, metrics)
+        _log(folder, metrics)
         return metrics
 
     def features(folder: Path, resume: bool) -> dict[str, Any]:
@@ -73,7 +74,7 @@ def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device
         metrics = cache_features(finetuned(), plain, FeatureCache(folder / "cache"), device,
                                  max_proposals=r.features_per_image, progress=progress)
         metrics["features/seconds"] = time.perf_counter() - start
-        append_jsonl(folder, metrics)
+        _log(folder, metrics)
         return metrics
 
     def svms(folder: Path, resume: bool) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def rcnn_stages(cfg: Config, train_set: Any, test_set: Any, device: torch.device
 
     runs = (proposals, finetune, features, svms, bbox)
     keeps = (None, "last.pth of fine-tuning", "the features of the images cached so far",
-             "the SVMs of the classes fitted so far", "nothing of the box regression (it starts over, from the cache)")
+             "the SVMs of the classes fitted so far", "the box regressors of the classes fitted so far")
     return [Stage(name, _timed(run), kept) for name, run, kept in zip(STAGES, runs, keeps)]
 
 
@@ -105,20 +106,29 @@ def _timed(run: Any) -> Any:
     return timed
 
 
+def _log(folder: Path, metrics: dict[str, Any]) -> None:
+    """Appends a stage's metrics to its metrics.jsonl (rank 0: the other ranks hold the same figures or a share)."""
+    if distributed.is_main_process():
+        append_jsonl(folder, metrics)
+
+
 def _image_ids(dataset: Any) -> list[int]:
     return [rec.image_id for rec in dataset.records]
 
 
 def finetune_stage(cfg: Config, train_set: Any, test_set: Any, device: torch.device, folder: Path, resume: bool,
                    progress: bool) -> dict[str, Any]:
-    """Fine-tunes the CNN as a K + 1-way classifier of warped windows with the ordinary Trainer; held-out accuracy."""
+    """Fine-tunes the CNN as a K + 1-way classifier of warped windows with the ordinary Trainer (under torchrun one
+    DDP run, each rank its slice of the global batch); held-out accuracy (rank 0 alone measures it; the other ranks
+    return the training speed only)."""
     fresh = not (resume and (folder / "last.pth").is_file())  # a resumed stage loads last.pth, fetches nothing
     model = build_model(cfg, num_classes=len(cfg.model.class_names), init_weights=fresh)
     trainer = common.make_trainer(cfg, model, train_set, device, folder, progress=progress)
     summary = trainer.train(resume=resume)
-    metrics = {"train/img_per_s": summary.get("train/img_per_s", float("nan")),
-               **window_accuracy(model, test_set, device)}
-    append_jsonl(folder, metrics)
+    metrics = {"train/img_per_s": summary.get("train/img_per_s", float("nan"))}
+    if distributed.is_main_process():
+        metrics.update(window_accuracy(model, test_set, device))
+    _log(folder, metrics)
     return metrics
 
 
@@ -165,12 +175,20 @@ def clear_stages(output_dir: str | Path) -> None:
 
 
 def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
-    """Runs every R-CNN stage, writes model_final.pth, metrics.json and detections.png; returns the metrics."""
-    run_dir.prepare_output_dir(cfg.output_dir, resume=resume, overwrite=overwrite)
+    """Runs every R-CNN stage, writes model_final.pth, metrics.json and detections.png; returns the metrics.
+
+    Under torchrun every rank runs every stage (detkit.engine.stages): fine-tuning is one DDP run, the feature cache,
+    the SVMs and the regressors are shared among the ranks (by image, by class), the evaluation is sharded; rank 0
+    alone prepares the folder, records the config and writes model_final.pth, metrics.json, the pictures and the
+    report (the other ranks return {}). After an elastic restart the group resumes inside its stage.
+    """
+    device, resume, overwrite = common.join_process_group(cfg, resume, overwrite)
     if overwrite:
-        clear_stages(cfg.output_dir)
+        if distributed.is_main_process():
+            clear_stages(cfg.output_dir)
+        distributed.barrier()  # no rank looks at a stage folder before rank 0 cleared them
     changes = common.check_resume(cfg, STAGE_READS, resume)  # before anything is written (stores, config.yaml)
-    device = setup(cfg)
+    device = setup(cfg) if device is None else device
     start = time.perf_counter()
     with stop_with_message("filling the proposal stores", "the proposals of the images done are kept in the stores"):
         train_set, test_set = common.build_train_and_test(cfg, progress=progress)  # fills the proposal stores
@@ -181,14 +199,18 @@ def train_rcnn(cfg: Config, resume: bool = False, progress: bool = True, overwri
     stage_metrics[STAGES[0]]["store_seconds"] = proposal_seconds
     model = assemble_model(cfg, device)
     out = Path(cfg.output_dir)
-    atomic_torch_save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": class_meta(config_to_dict(cfg))},
-                      out / "model_final.pth")
+    main = distributed.is_main_process()
+    if main:
+        atomic_torch_save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
+                           "meta": class_meta(config_to_dict(cfg))}, out / "model_final.pth")
     prepare_for_test(model, cfg)  # test-time options (SVD of fc6/fc7) after model_final.pth is written
     voc = cfg.data.test.format == "voc"
-    metrics, results = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc, progress=progress)
+    metrics, results = evaluate_sharded(model, test_set, device, cfg.data.num_workers, voc=voc, progress=progress)
     model.roi_heads.box_predictor.use_regression.fill_(False)
-    plain, _ = evaluate(model, test_set, device, cfg.data.num_workers, voc=voc, progress=progress)
+    plain, _ = evaluate_sharded(model, test_set, device, cfg.data.num_workers, voc=voc, progress=progress)
     model.roi_heads.box_predictor.use_regression.fill_(True)
+    if not main:
+        return {}
     metrics.update({f"no_bbox_reg/{k}": v for k, v in plain.items()})
     for name, figures in stage_metrics.items():
         metrics.update({f"{name}/{k}": v for k, v in figures.items()})
