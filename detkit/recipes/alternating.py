@@ -130,12 +130,19 @@ def alternating_stages(cfg: Config, train_set: Any, device: torch.device, *, pro
     lrs = [f * cfg.solver.base_lr for f in cfg.train.alternating.lr_factors]
     store = out / "1_proposals" / "train"
 
-    def faster_rcnn(seed: int) -> TwoStageDetector:
+    def faster_rcnn(seed: int, init_weights: bool = False) -> TwoStageDetector:
+        # The starting weights (model.weights, model.backbone.weights) are loaded, and fetched, only where a step
+        # keeps some of them: a step that loads an earlier step's file or its own last.pth over them needs none,
+        # so a resumed run works offline with an empty torch.hub cache. The random initialisation is the same
+        # either way (loading a file draws no random numbers).
         seed_everything(seed)
-        return build_model(cfg, num_classes)
+        return build_model(cfg, num_classes, init_weights=init_weights)
+
+    def resumes(folder: Path, resume: bool) -> bool:
+        return resume and (folder / "last.pth").is_file()
 
     def step1(folder: Path, resume: bool) -> dict[str, Any]:
-        model = faster_rcnn(cfg.seed + 1).freeze("roi_heads")
+        model = faster_rcnn(cfg.seed + 1, init_weights=not resumes(folder, resume)).freeze("roi_heads")
         return fit(cfg, model, train_set, device, folder, resume, max_iter=iters[0], base_lr=lrs[0],
                    progress=progress)
 
@@ -153,8 +160,11 @@ def alternating_stages(cfg: Config, train_set: Any, device: torch.device, *, pro
         fast.model.arch, fast.train.schedule = "fast_rcnn", "joint"
         fast.proposals.method, fast.proposals.rpn_weights = "rpn", str(out / "1_rpn" / FINAL)
         seed_everything(cfg.seed + 2)
-        model = build_model(fast, num_classes)  # a backbone of its own
-        if step2_starts_from_step1(cfg):
+        from_step1 = step2_starts_from_step1(cfg)
+        # a backbone of its own; the starting weights unless step 1's backbone replaces all that they hold
+        keeps_initial = not resumes(folder, resume) and (not from_step1 or bool(cfg.model.weights))
+        model = build_model(fast, num_classes, init_weights=keeps_initial)
+        if from_step1:
             load_model_weights(out / "1_rpn" / FINAL, model.backbone, prefix="backbone.")  # body and FPN, strict
         with_proposals = copy.copy(train_set)
         with_proposals.proposals = ProposalStore(store, fill_hint=(  # step 1's RPN fills it, not tools/propose.py
@@ -164,7 +174,8 @@ def alternating_stages(cfg: Config, train_set: Any, device: torch.device, *, pro
                    progress=progress)
 
     def step3(folder: Path, resume: bool) -> dict[str, Any]:
-        model = faster_rcnn(cfg.seed + 3)
+        # all but the RPN from step 2; the RPN from model.weights when it holds one, else initialised afresh
+        model = faster_rcnn(cfg.seed + 3, init_weights=not resumes(folder, resume) and bool(cfg.model.weights))
         load_parts(model, out / "2_fast_rcnn" / FINAL, "rpn.")
         model.freeze("backbone", "roi_heads")
         return fit(cfg, model, train_set, device, folder, resume, max_iter=iters[2], base_lr=lrs[2],
@@ -196,7 +207,7 @@ def train_alternating(cfg: Config, train_set: Any, device: torch.device, *, resu
     if is_main_process():
         link_or_copy(out / ALTERNATING_STEPS[-1] / FINAL, out / FINAL)
     barrier()  # every rank loads model_final.pth below
-    model = build_model(cfg, len(cfg.model.class_names))
+    model = build_model(cfg, len(cfg.model.class_names), init_weights=False)
     load_model_weights(out / FINAL, model)
     sgd = [results[name] for name in ALTERNATING_STEPS if name != "1_proposals"]
     seconds = sum(r.get("train/time_s", 0.0) for r in sgd)

@@ -166,6 +166,31 @@ def test_resume_and_eval_never_fetch_the_initial_weights(hub, tmp_path, monkeypa
     assert not fresh.exists()
 
 
+def test_a_resumed_alternating_run_never_fetches_the_initial_weights(hub, tmp_path, monkeypatch):
+    """Steps that load an earlier step's file (3_rpn, 4_fast_rcnn, the final model; 1_proposals too) need no
+    starting weights: running them inside a resumed run works offline with an empty cache."""
+    import shutil
+
+    from detkit import recipes
+    from tests.test_tools_no_lost_work import TINY, tiny_voc
+
+    data = tiny_voc(tmp_path / "voc", count=4)
+    run = tmp_path / "run"
+    args = [f"output_dir={run}", "data.train.format=voc", "data.test.format=voc", f"data.root={data}",
+            "data.train.split=trainval", "data.test.split=test", *TINY, f"model.backbone.weights={R18}",
+            "model.backbone.norm=bn",  # random "pretrained" statistics under frozen BN overflow in the RPN-only step
+            "solver.base_lr=0.0001", "train.schedule=alternating", "solver.max_iter=4"]
+    recipes.train(load_config(R18_FPN, args), progress=False)
+    assert len(hub.calls) == 1
+    (hub.checkpoints / "resnet18-f37072fd.pth").unlink()  # no cached file, and offline from here on
+    tried: list[str] = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, *a, **k: tried.append(url))
+    for step in ("3_rpn", "4_fast_rcnn"):  # as if the run had been stopped before step 3
+        shutil.rmtree(run / step)
+    recipes.train(load_config(R18_FPN, args), resume=True, progress=False)
+    assert tried == [] and (run / "4_fast_rcnn" / "stage_done.json").is_file()
+
+
 def test_unknown_name_lists_the_close_names():
     with pytest.raises(DetkitError, match=r"close names: .*ResNet18_Weights\.IMAGENET1K_V1"):
         build_model(_r18("model.backbone.weights=ResNet18_Weights.IMAGENET1K_V3"))
