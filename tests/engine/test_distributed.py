@@ -127,6 +127,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a torchrun launcher started in a session of its own and its workers (by pid: torchrun may start them
+    in sessions of their own), without warning, and wait until every worker is gone (a run's lock goes with the
+    last one's exit)."""
+    workers = _workers(proc.pid)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    while any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+
+
 def _weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -166,13 +179,7 @@ def test_two_processes_killed_then_one_resumes_to_the_same_weights(one_process, 
     deadline = time.monotonic() + 300
     while proc.poll() is None and not (out / "last.pth").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    workers = _workers(proc.pid)  # torchrun may start them in sessions of their own: kill them by pid
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)  # and the launcher, without warning
-    proc.wait(timeout=60)
-    while any(_alive(pid) for pid in workers):  # the lock goes with the last worker's exit
-        time.sleep(0.05)
+    kill_group(proc)
     assert torch.load(out / "last.pth", weights_only=False)["iteration"] == 2
     assert not (out / "model_final.pth").exists()
     _train(out, resume=True)  # one process takes over the global batch sequence at batch 3

@@ -14,7 +14,6 @@ the per-step comparison), another copy with 1.
 """
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,8 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from detkit.benchmarks.elastic import _workers
-from tests.engine.test_distributed import UNEQUAL_COUNTS, _alive, _max_diff, _weights
+from tests.engine.test_distributed import UNEQUAL_COUNTS, _max_diff, _weights, kill_group
 from tests.test_tools_no_lost_work import DEMO, REPO, tiny_voc
 
 STEPS = ("1_rpn", "2_fast_rcnn", "3_rpn", "4_fast_rcnn")
@@ -78,13 +76,7 @@ def killed_in_step_2(data, tmp_path_factory) -> Path:
     deadline = time.monotonic() + 300
     while proc.poll() is None and not (out / "2_fast_rcnn" / "last.pth").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    workers = _workers(proc.pid)  # torchrun may start them in sessions of their own: kill them by pid
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)  # and the launcher, without warning
-    proc.wait(timeout=60)
-    while any(_alive(pid) for pid in workers):  # the lock goes with the last worker's exit
-        time.sleep(0.05)
+    kill_group(proc)
     assert (out / "1_proposals" / "stage_done.json").is_file()  # step 1 and its store were done by both ranks
     assert torch.load(out / "2_fast_rcnn" / "last.pth", weights_only=False)["iteration"] in (2, 4)
     assert not (out / "2_fast_rcnn" / "model_final.pth").exists() and not (out / "3_rpn").exists()
