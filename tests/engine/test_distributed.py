@@ -29,7 +29,7 @@ UNEQUAL_COUNTS = ["model.rpn.batch_size_per_image=16384", "model.roi_heads.batch
                   "model.rpn.post_nms_top_n_train=40"]
 TINY = ["solver.max_iter=3", "solver.batch_size=4", "solver.amp=off", "model.backbone.norm=frozen_bn",
         "solver.warmup_iters=2", "solver.checkpoint_period=2", "solver.log_period=1", "data.num_workers=0",
-        "model.rpn.post_nms_top_n_test=50", "threads=1", "--no-progress", *UNEQUAL_COUNTS]
+        "model.rpn.post_nms_top_n_test=50", "threads=1", "test.report=false", *UNEQUAL_COUNTS]
 
 
 def test_each_rank_takes_its_slice_of_the_same_global_batch():
@@ -111,10 +111,10 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def _train(out: Path, *extra: str, nproc: int = 1, resume: bool = False) -> None:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd = [*(launcher if nproc > 1 else [sys.executable]), str(REPO / "tools" / "train.py"),
-           str(REPO / "configs" / "demo.yaml"), f"output_dir={out}", *TINY, *extra, *(["--resume"] if resume else [])]
+def _torchrun(out: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tools" / "train.py"), str(REPO / "configs" / "demo.yaml"), f"output_dir={out}", *TINY,
+           "--no-progress"]
     proc = subprocess.run(cmd, cwd=out.parent, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -149,16 +149,25 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
 
 
+def _train_here(out: Path, resume: bool = False) -> None:
+    """One process: tools/train.py's recipe in this process (an interpreter start less)."""
+    from detkit import recipes
+    from detkit.config import load_config
+
+    recipes.train(load_config(REPO / "configs" / "demo.yaml", [f"output_dir={out}", *TINY]), resume=resume,
+                  progress=False)
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "run"
-    _train(out)
+    _train_here(out)
     return out
 
 
 def test_two_processes_train_the_weights_of_one(one_process, tmp_path):
     out = tmp_path / "two"
-    _train(out, nproc=2)
+    _torchrun(out)
     assert _max_diff(_weights(out / "model_final.pth"), _weights(one_process / "model_final.pth")) <= 1e-5
     assert (out / "metrics.json").is_file() and not list(out.glob("*.tmp"))
     # The RPN's recall, from proposals gathered over both ranks, matches the one-process figure. Not to the bit:
@@ -173,7 +182,8 @@ def test_two_processes_train_the_weights_of_one(one_process, tmp_path):
 def test_two_processes_killed_then_one_resumes_to_the_same_weights(one_process, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tools" / "train.py"), str(REPO / "configs" / "demo.yaml"), f"output_dir={out}", *TINY]
+           str(REPO / "tools" / "train.py"), str(REPO / "configs" / "demo.yaml"), f"output_dir={out}", *TINY,
+           "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 300
@@ -182,7 +192,7 @@ def test_two_processes_killed_then_one_resumes_to_the_same_weights(one_process, 
     kill_group(proc)
     assert torch.load(out / "last.pth", weights_only=False)["iteration"] == 2
     assert not (out / "model_final.pth").exists()
-    _train(out, resume=True)  # one process takes over the global batch sequence at batch 3
+    _train_here(out, resume=True)  # one process takes over the global batch sequence at batch 3
     assert _max_diff(_weights(out / "model_final.pth"), _weights(one_process / "model_final.pth")) <= 1e-5
 
 
