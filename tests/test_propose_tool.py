@@ -14,12 +14,12 @@ import pytest
 from tests.data.conftest import write_voc
 
 REPO = Path(__file__).resolve().parents[1]
-NUM_IMAGES = 24
+NUM_IMAGES = 16
 
 
 @pytest.fixture
 def voc_config(tmp_path: Path):
-    """A VOC test split of 24 noisy 200x150 images with rectangles, and a config writing proposals to a store."""
+    """A VOC test split of 16 noisy 200x150 images with rectangles, and a config writing proposals to a store."""
     rng = np.random.default_rng(0)
     samples = {}
     for name in [f"im{i:02d}" for i in range(NUM_IMAGES)]:
