@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.data.conftest import write_voc
+from tests.data.conftest import noisy_rectangles, write_voc
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 12
@@ -24,17 +23,7 @@ NUM_IMAGES = 12
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     """A VOC test split of twelve noisy 64x48 images with two rectangles each."""
-    rng = np.random.default_rng(0)
-    samples = {}
-    for name in [f"im{i:02d}" for i in range(NUM_IMAGES)]:
-        image = rng.integers(0, 40, (48, 64, 3), dtype=np.uint8) + np.uint8(rng.integers(60, 160))
-        objects = []
-        for _ in range(2):
-            x, y = rng.integers(0, 40), rng.integers(0, 25)
-            w, h = rng.integers(8, 24, 2)
-            image[y:y + h, x:x + w] = rng.integers(0, 255, 3)
-            objects.append(("cell", (int(x) + 1, int(y) + 1, int(min(x + w, 64)), int(min(y + h, 48))), 0))
-        samples[name] = (image, objects)
+    samples = noisy_rectangles(NUM_IMAGES, 48, 64, (("cell", None),) * 2, sides=(8, 24), corners=(40, 25))
     return write_voc(tmp_path_factory.mktemp("voc") / "voc", samples, splits=("test",))
 
 

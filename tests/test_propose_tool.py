@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.data.conftest import write_voc
+from tests.data.conftest import noisy_rectangles, write_voc
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_IMAGES = 16
@@ -20,17 +20,7 @@ NUM_IMAGES = 16
 @pytest.fixture
 def voc_config(tmp_path: Path):
     """A VOC test split of 16 noisy 200x150 images with rectangles, and a config writing proposals to a store."""
-    rng = np.random.default_rng(0)
-    samples = {}
-    for name in [f"im{i:02d}" for i in range(NUM_IMAGES)]:
-        image = rng.integers(0, 40, (150, 200, 3), dtype=np.uint8) + np.uint8(rng.integers(60, 160))
-        objects = []
-        for _ in range(3):
-            x, y = rng.integers(0, 140), rng.integers(0, 100)
-            w, h = rng.integers(20, 60, 2)
-            image[y:y + h, x:x + w] = rng.integers(0, 255, 3)
-            objects.append(("cell", (int(x) + 1, int(y) + 1, int(min(x + w, 200)), int(min(y + h, 150))), 0))
-        samples[name] = (image, objects)
+    samples = noisy_rectangles(NUM_IMAGES, 150, 200, (("cell", None),) * 3, sides=(20, 60), corners=(140, 100))
     root = write_voc(tmp_path / "voc", samples, splits=("test",))
 
     def config(store: Path) -> Path:

@@ -55,6 +55,27 @@ def write_voc(root: Path, samples: dict[str, tuple[np.ndarray, list[VocObject]]]
     return root
 
 
+def noisy_rectangles(count: int, height: int, width: int, objects: tuple[tuple[str, tuple[int, int, int] | None], ...],
+                     sides: tuple[int, int], corners: tuple[int, int], seed: int = 0
+                     ) -> dict[str, tuple[np.ndarray, list[VocObject]]]:
+    """``count`` samples for write_voc, named im00, im01, ...: a noisy grey (height, width) image with one filled
+    rectangle per entry of ``objects`` (label, BGR colour; None draws a random colour), its sides drawn in
+    [sides[0], sides[1]) and its top-left corner in [0, corners[0]) x [0, corners[1]) pixels, boxes clipped to the
+    image."""
+    rng = np.random.default_rng(seed)
+    samples = {}
+    for n in range(count):
+        image = rng.integers(0, 40, (height, width, 3), dtype=np.uint8) + np.uint8(rng.integers(60, 160))
+        boxes = []
+        for label, colour in objects:
+            x, y = rng.integers(0, corners[0]), rng.integers(0, corners[1])
+            w, h = rng.integers(sides[0], sides[1], 2)
+            image[y:y + h, x:x + w] = rng.integers(0, 255, 3) if colour is None else colour
+            boxes.append((label, (int(x) + 1, int(y) + 1, int(min(x + w, width)), int(min(y + h, height))), 0))
+        samples[f"im{n:02d}"] = (image, boxes)
+    return samples
+
+
 @pytest.fixture
 def tiny_voc(tmp_path: Path) -> Path:
     """VOC folder: a (landscape, 1 dog + difficult cat), b (portrait, 1 cat), split 'train' = a, b."""

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from detkit.benchmarks.elastic import _workers
-from tests.data.conftest import write_voc
+from tests.data.conftest import noisy_rectangles, write_voc
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_IMAGES = 10
@@ -36,17 +36,8 @@ FINAL = ("model_final.pth", "metrics.json", "detections_test.json")
 @pytest.fixture(scope="module")
 def voc(tmp_path_factory) -> Path:
     """A VOC folder (split train = test) of ten noisy 64x48 images with a rectangle of each class."""
-    rng = np.random.default_rng(0)
-    samples = {}
-    for name in [f"im{i:02d}" for i in range(NUM_IMAGES)]:
-        image = rng.integers(0, 40, (48, 64, 3), dtype=np.uint8) + np.uint8(rng.integers(60, 160))
-        objects = []
-        for label, colour in (("box", (220, 40, 40)), ("cell", (40, 40, 220))):
-            x, y = rng.integers(0, 40), rng.integers(0, 25)
-            w, h = rng.integers(12, 24, 2)
-            image[y:y + h, x:x + w] = colour
-            objects.append((label, (int(x) + 1, int(y) + 1, int(min(x + w, 64)), int(min(y + h, 48))), 0))
-        samples[name] = (image, objects)
+    samples = noisy_rectangles(NUM_IMAGES, 48, 64, (("box", (220, 40, 40)), ("cell", (40, 40, 220))), sides=(12, 24),
+                               corners=(40, 25))
     return write_voc(tmp_path_factory.mktemp("voc") / "voc", samples)
 
 
