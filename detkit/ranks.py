@@ -5,10 +5,13 @@ set-up itself (torchrun's environment) is detkit.engine.distributed.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_initialized() -> bool:
@@ -29,6 +32,36 @@ def get_world_size() -> int:
 def is_main_process() -> bool:
     """Whether this process writes files (rank 0, or no process group)."""
     return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing when alone)."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def share_todo(items: Sequence[T], done: Callable[[T], bool]) -> tuple[list[T], list[T]]:
+    """(the items not done, in order, as rank 0 sees them; this rank's share of them: every W-th from the r-th).
+
+    Work split over ranks by item, each item written to a file of its own (the proposal stores, R-CNN's feature
+    cache, its per-class SVMs and regressors). A collective: rank 0 lists and broadcasts, so every rank gets the same
+    list and the shares cover each item exactly once, even when a rank or another run writes items while the
+    others look. `items` must be picklable. Alone it returns the items not done twice and calls nothing."""
+    todo = [item for item in items if not done(item)] if is_main_process() else None
+    if get_world_size() > 1:
+        box = [todo]
+        dist.broadcast_object_list(box, src=0)
+        todo = box[0]
+    return todo, todo[get_rank()::get_world_size()]
+
+
+def wait_until_done(items: Sequence[T], done: Callable[[T], bool], poll_s: float) -> None:
+    """Returns once done(item) holds for every item (the other ranks' shares of share_todo), however long they take,
+    looking every `poll_s` seconds: a collective would time out after detkit.engine.distributed.TIMEOUT, and a rank
+    that fails ends the whole group through its launcher."""
+    for item in items:
+        while not done(item):
+            time.sleep(poll_s)
 
 
 def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,6 @@ import multiprocessing
 import os
 from contextlib import closing
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from detkit.progress import progress_bar
 from detkit.atomic import write_json
 from detkit.data.image_io import read_image, to_tensor
 from detkit.errors import DetkitError
+from detkit.ranks import barrier, get_rank, get_world_size, share_todo, wait_until_done
 from detkit.evaluation.recall import AR_LIMITS, proposal_recall
 from detkit.modeling.proposals.selective_search import finish_boxes, propose_image  # noqa: F401 (re-exported; torch-free: detkit.deploy)
 from detkit.data.proposal_store import META_FILE, RECALL_FILE, ProposalStore  # noqa: F401 (API)
@@ -135,16 +135,15 @@ def propose_dataset(dataset: Any, store: ProposalStore | str | Path, *, mode: st
     method = method or ("rpn" if rpn_model is not None else "selective_search")
     settings = proposal_settings(method=method, mode=mode, max_side=max_side, min_size=min_size, top_k=top_k,
                                  rpn_weights=rpn_weights)
-    rank, world = _rank_and_world()
+    rank, world = get_rank(), get_world_size()
     if rebuild:
         if rank == 0:
             store.clear()
-        _barrier(world)
+        barrier()
     store.bind(settings, {r.image_id: r.file_name for r in dataset.records})
     store.remove_partial_files()
-    missing = _agreed([(image_id, str(dataset.image_path(i))) for i, image_id in enumerate(dataset.image_ids)
-                       if not store.has(image_id)], world)
-    todo = missing[rank::world]
+    missing, todo = share_todo([(image_id, str(dataset.image_path(i))) for i, image_id in enumerate(dataset.image_ids)],
+                               lambda item: store.has(item[0]))
     if todo and method == "rpn" and rpn_model is None:
         raise DetkitError(f"proposal store {store.root} lacks {len(missing)} images and method 'rpn' needs the model")
     total = len(dataset.image_ids) if world == 1 else len(todo)
@@ -156,47 +155,11 @@ def propose_dataset(dataset: Any, store: ProposalStore | str | Path, *, mode: st
                 store.save(image_id, boxes)
             bar.update(1)
     if world > 1:
-        _wait_for_images(store, [image_id for image_id, _ in missing])
+        wait_until_done([image_id for image_id, _ in missing], store.has, WAIT_POLL_S)
         recall = _recall(dataset, store, fresh=not missing) if rank == 0 else None
-        _barrier(world)  # recall.json is written
+        barrier()  # recall.json is written
         return recall if rank == 0 else _recall(dataset, store, fresh=True)
     return _recall(dataset, store, fresh=not missing)
-
-
-def _rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the torch.distributed process group, (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _agreed(missing: list[Any], world: int) -> list[Any]:
-    """Rank 0's list of missing images on every rank, so the shares cover each image exactly once even when a rank
-    looks at the store after another one stored its first images."""
-    if world == 1:
-        return missing
-    import torch.distributed as dist
-
-    box = [missing]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _wait_for_images(store: ProposalStore, image_ids: list[int]) -> None:
-    """Returns once every image is stored: the other ranks' shares, however long they take (a collective would
-    time out; a rank that fails ends the whole group through its launcher)."""
-    for image_id in image_ids:
-        while not store.has(image_id):
-            time.sleep(WAIT_POLL_S)
 
 
 def _proposals(todo: list[tuple[int, str]], store: ProposalStore, settings: dict[str, Any], workers: int,

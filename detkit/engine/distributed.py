@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from detkit.errors import DetkitError
-from detkit.ranks import (gather_sharded, get_rank, get_world_size, global_mean_count, is_initialized,  # noqa: F401
+from detkit.ranks import (barrier, gather_sharded, get_rank, get_world_size, global_mean_count, is_initialized,  # noqa: F401
                           is_main_process, mean_over_ranks, shard_indices)
 
 # How long a collective waits for a missing rank before failing (torch's default is 30 minutes for gloo).
@@ -57,7 +57,3 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
 
 
-def barrier() -> None:
-    """Wait for every rank (nothing when alone)."""
-    if get_world_size() > 1:
-        dist.barrier()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from detkit.atomic import writer_gone
-from detkit.engine import distributed
+from detkit.ranks import share_todo, wait_until_done
 
 T = TypeVar("T")
 
@@ -20,20 +20,15 @@ WAIT_POLL_S = 0.2  # how often a rank that finished its share looks for the othe
 
 def share_missing(items: Sequence[T], done: Callable[[T], bool], folder: Path) -> tuple[list[T], list[T]]:
     """(the items not done, in order; this rank's share of them), after deleting the temporary files in `folder`
-    that a killed writer left (detkit.atomic.writer_gone). A collective: every rank calls it at the same point,
-    before any rank writes an item's file, so every rank sees the same list and the shares cover each item once."""
+    that a killed writer left (detkit.atomic.writer_gone). A collective (detkit.ranks.share_todo): every rank
+    calls it at the same point and gets rank 0's list, so the shares cover each item once."""
     now = time.time()
     for tmp in Path(folder).glob(".*.tmp"):
         if tmp.is_file() and writer_gone(tmp, now):
             tmp.unlink(missing_ok=True)
-    todo = [item for item in items if not done(item)]
-    distributed.barrier()  # every rank has looked before any rank writes
-    return todo, todo[distributed.get_rank()::distributed.get_world_size()]
+    return share_todo(list(items), done)
 
 
 def wait_for(items: Sequence[T], done: Callable[[T], bool]) -> None:
-    """Returns once every item is done: the other ranks' shares, however long they take (a collective would time out
-    after detkit.engine.distributed.TIMEOUT; a rank that fails ends the whole group through its launcher)."""
-    for item in items:
-        while not done(item):
-            time.sleep(WAIT_POLL_S)
+    """Returns once every item is done: the other ranks' shares (detkit.ranks.wait_until_done)."""
+    wait_until_done(items, done, WAIT_POLL_S)
