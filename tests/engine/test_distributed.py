@@ -18,6 +18,7 @@ from detkit.engine import distributed
 from detkit.evaluation.amp import AutocastDetector, resolve_test_amp, with_test_amp
 from detkit.errors import DetkitError
 from detkit.matching import BalancedSampler, per_image_sampling
+from detkit.ranks import share_todo, wait_until_done
 
 REPO = Path(__file__).resolve().parents[2]
 RPN_AR = ("rpn/AR@100", "rpn/AR@300", "rpn/AR@1000")
@@ -72,6 +73,9 @@ def test_shards_cover_every_item_once_and_gather_alone_keeps_order():
     assert sorted(sum(shards, [])) == list(range(7))
     assert distributed.gather_sharded(["a", "b"], 2) == ["a", "b"]
     assert distributed.get_world_size() == 1 and distributed.is_main_process()
+    # alone, every item not done is this process's share, and waiting for done items returns at once
+    assert share_todo([3, 1, 4, 5], lambda item: item == 4) == ([3, 1, 5], [3, 1, 5])
+    wait_until_done([3, 1], lambda item: True, poll_s=60)
 
 
 def test_test_amp_wraps_only_when_bf16_applies():
