@@ -142,8 +142,8 @@ def propose_dataset(dataset: Any, store: ProposalStore | str | Path, *, mode: st
         barrier()
     store.bind(settings, {r.image_id: r.file_name for r in dataset.records})
     store.remove_partial_files()
-    missing, todo = share_todo([(image_id, str(dataset.image_path(i))) for i, image_id in enumerate(dataset.image_ids)],
-                               lambda item: store.has(item[0]))
+    images = [(image_id, str(dataset.image_path(i))) for i, image_id in enumerate(dataset.image_ids)]
+    missing, todo = share_todo(images, lambda item: store.has(item[0]))
     if todo and method == "rpn" and rpn_model is None:
         raise DetkitError(f"proposal store {store.root} lacks {len(missing)} images and method 'rpn' needs the model")
     total = len(dataset.image_ids) if world == 1 else len(todo)

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 
 from detkit.errors import DetkitError
-from detkit.ranks import (barrier, gather_sharded, get_rank, get_world_size, global_mean_count, is_initialized,  # noqa: F401
-                          is_main_process, mean_over_ranks, shard_indices)
+from detkit.ranks import (barrier, gather_sharded, get_rank, get_world_size, global_mean_count,  # noqa: F401
+                          is_initialized, is_main_process, mean_over_ranks, shard_indices)
 
 # How long a collective waits for a missing rank before failing (torch's default is 30 minutes for gloo).
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -55,5 +55,3 @@ def init_from_env(device: torch.device) -> torch.device:
 def restart_count() -> int:
     """How many times torchrun restarted the worker group (0 on the first start or without torchrun)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-
