@@ -27,6 +27,27 @@ def run_tool(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess
     return proc
 
 
+def run_tool_here(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """tools/<name> in this process (an interpreter start less than run_tool), for runs that end early, on an error:
+    its exit status, stdout and stderr as run_tool gives them. Each tool keeps at least one run_tool test of such an
+    error, which also checks what an interpreter of its own prints."""
+    import contextlib
+    import io
+    import runpy
+
+    path = str(REPO / "tools" / name)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", [path, *args])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(path, run_name="__main__")
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return subprocess.CompletedProcess([sys.executable, path, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("demo_cache")

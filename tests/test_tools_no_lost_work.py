@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from detkit.data.demo import ensure_demo
-from tests.test_tools import run_tool
+from tests.test_tools import run_tool, run_tool_here
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -108,15 +108,15 @@ def test_a_corrupt_image_mid_run_saves_last_pth_first_then_one_line(tmp_path):
 
 def test_train_refuses_a_folder_holding_a_run_and_leaves_it_as_it_was(run, tmp_path):
     before = snapshot(run)
-    line = one_error_line(tool("train.py", DEMO, f"output_dir={run}", *TINY, cwd=tmp_path, check=False), "train.py")
+    line = one_error_line(run_tool_here("train.py", DEMO, f"output_dir={run}", *TINY, cwd=tmp_path), "train.py")
     assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
     assert snapshot(run) == before
 
 
 def test_resume_with_a_changed_model_is_refused_before_anything_is_written(run, tmp_path):
     before = snapshot(run)
-    proc = tool("train.py", DEMO, f"output_dir={run}", "solver.max_iter=3", *TINY,
-                "model.roi_heads.representation_size=64", "--resume", cwd=tmp_path, check=False)
+    proc = run_tool_here("train.py", DEMO, f"output_dir={run}", "solver.max_iter=3", *TINY,
+                         "model.roi_heads.representation_size=64", "--resume", cwd=tmp_path)
     line = one_error_line(proc, "train.py")
     assert "model.roi_heads.representation_size (256 -> 64)" in line and "iteration 2" in line
     assert snapshot(run) == before  # config.yaml still loads model_final.pth
@@ -143,8 +143,8 @@ def test_eval_writes_beside_the_run_never_over_it(run, tmp_path):
     assert json.loads((run / "eval" / "metrics.json").read_text())["bbox/AP"] >= 0
     assert (run / "eval" / "config.yaml").is_file()
     assert snapshot(run) == before and "train/img_per_s" in json.loads((run / "metrics.json").read_text())
-    line = one_error_line(tool("eval.py", str(run / "config.yaml"), "--weights", str(run / "model_final.pth"),
-                               "--out", str(run), cwd=tmp_path, check=False), "eval.py")
+    line = one_error_line(run_tool_here("eval.py", str(run / "config.yaml"), "--weights", str(run / "model_final.pth"),
+                                        "--out", str(run), cwd=tmp_path), "eval.py")
     assert "holds a training run" in line
 
 
@@ -157,8 +157,8 @@ def test_infer_keeps_inputs_gives_each_its_own_output_and_skips_corrupt_images(r
     (inputs / "a" / "broken.jpg").write_bytes((inputs / "a" / "x.jpg").read_bytes()[:100])
     originals = {p: p.read_bytes() for p in inputs.rglob("*.*")}
     config = ["--config", str(run / "config.yaml"), "--score-thresh", "0"]
-    line = one_error_line(tool("infer.py", str(inputs / "a"), *config, "--out", str(inputs / "a"), cwd=tmp_path,
-                               check=False), "infer.py")
+    line = one_error_line(run_tool_here("infer.py", str(inputs / "a"), *config, "--out", str(inputs / "a"),
+                                        cwd=tmp_path), "infer.py")
     assert "would write over the input image" in line
     out = tmp_path / "out"
     proc = tool("infer.py", str(inputs / "a"), str(inputs / "b"), *config, "--out", str(out), cwd=tmp_path,
@@ -173,8 +173,8 @@ def test_infer_keeps_inputs_gives_each_its_own_output_and_skips_corrupt_images(r
     assert {r["file_name"] for r in results} == {str(inputs / n) for n in ("a/x.jpg", "a/x.png", "b/x.jpg")}
     assert {p: p.read_bytes() for p in inputs.rglob("*.*")} == originals
     stopped = tmp_path / "stopped"
-    proc = tool("infer.py", str(inputs / "a"), *config, "--out", str(stopped), "--stop-on-error", cwd=tmp_path,
-                check=False)
+    proc = run_tool_here("infer.py", str(inputs / "a"), *config, "--out", str(stopped), "--stop-on-error",
+                         cwd=tmp_path)
     assert "broken.jpg is corrupt" in one_error_line(proc, "infer.py")
     assert json.loads((stopped / "detections.json").read_text()) == []  # broken.jpg sorts first: nothing done yet
 
@@ -187,12 +187,12 @@ def test_bad_paths_and_values_are_one_line_each(tmp_path):
         ([str(tmp_path / "base5.yaml")], "'_base_'"),
     ]  # the rest (a path under a file, threads=-1, ...): in-process in test_cli_errors.py, engine/test_run_dir.py
     for args, expected in cases:
-        assert expected in one_error_line(tool("train.py", *args, cwd=tmp_path, check=False), "train.py")
+        assert expected in one_error_line(run_tool_here("train.py", *args, cwd=tmp_path), "train.py")
     assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_check_data_lists_every_problem_and_fails(tmp_path):
-    proc = tool("train.py", DEMO, "data.max_image_pixels=100", "--check-data", cwd=tmp_path, check=False)
+    proc = run_tool_here("train.py", DEMO, "data.max_image_pixels=100", "--check-data", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = proc.stdout.strip().splitlines()
     problems = [line for line in lines if line.startswith(("[train]", "[test]"))]
