@@ -48,12 +48,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     # once, so the run stores, compares on --resume and saves what it builds (runs from before the automatic
     # defaults resume unchanged).
     cfg = resolved_config(cfg)
-    if not resume:  # a fresh run fetches its starting weights before it writes anything: offline, the folder stays clean
-        from detkit.modeling.backbones.pretrained import fetch
+    if not resume:
+        # A fresh run fetches and reads its starting weights before it writes anything: offline, or with a
+        # truncated file, the folder stays clean and the same command runs once the file is in place.
+        from detkit.modeling.backbones.pretrained import read_state_dict
 
         for spec in (cfg.model.weights, cfg.model.backbone.weights):
             if spec:
-                fetch(spec, progress=progress)
+                read_state_dict(spec, progress=progress)
     return resolve(RECIPES[recipe_name(cfg)])(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
 

@@ -213,7 +213,7 @@ def test_weights_of_another_architecture_name_the_first_mismatching_keys(hub, we
         build_model(_r18(f"model.weights={tmp_path / 'c4.pth'}"))
 
 
-def test_truncated_cache_file_is_named_with_the_advice_to_delete_it(hub, weight_files):
+def test_truncated_cache_file_is_named_with_the_advice_to_delete_it(hub, weight_files, tmp_path):
     hub.checkpoints.mkdir(parents=True)
     cached = hub.checkpoints / "resnet18-f37072fd.pth"
     cached.write_bytes(weight_files[get_weight(R18).url].read_bytes()[:100_000])
@@ -221,6 +221,15 @@ def test_truncated_cache_file_is_named_with_the_advice_to_delete_it(hub, weight_
         build_model(_r18(f"model.backbone.weights={R18}"))
     assert str(cached) in str(error.value) and "delete it" in str(error.value) and "\n" not in str(error.value)
     assert hub.calls == []  # never downloaded again behind the user's back
+    # a training run reads the file before it writes anything, so after the deletion the same command runs again
+    from detkit import recipes
+
+    cached.write_bytes(b"not a checkpoint" * 64)  # not even a zip: torch's advice to load it unsafely is left out
+    out = tmp_path / "run"
+    with pytest.raises(DetkitError) as error:
+        recipes.train(_r18(f"model.backbone.weights={R18}", f"output_dir={out}"), progress=False)
+    assert "delete it" in str(error.value) and "weights_only=False" not in str(error.value)
+    assert not out.exists() and hub.calls == []
 
 
 class _Payload:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 import sys
 import urllib.parse
 from collections.abc import Mapping
@@ -139,7 +140,10 @@ def read_state_dict(spec: str | os.PathLike | WeightsRef, *, progress: bool = Tr
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, pickle.UnpicklingError):  # torch's text advises weights_only=False: not for us to repeat
+            reason = "not a torch.save file of tensors, or one holding pickled objects"
+        else:
+            reason = str(error).strip().split(". ")[0] if str(error).strip() else type(error).__name__
         if ref.kind != "file":
             raise DetkitError(f"cached weights file {path} is truncated or corrupt ({reason}); delete it and run "
                               f"again to download {ref.url} anew") from error
