@@ -48,6 +48,23 @@ def build_coco(root: str | None, split: str | None, ann_file: str | None, train:
     return COCODataset(image_dir, Path(root) / ann_file, skip_corrupt=skip_corrupt, transforms=transforms)
 
 
+def check_data_paths(format: str, root: str | None, split: str | None, ann_file: str | None, train: bool) -> None:
+    """Raise the DetkitError the dataset's builder would raise for a missing root, VOC split file or COCO annotation
+    file, without reading any annotation: a cheap check that a run makes before slow work (a weights download).
+    Formats other than voc and coco are left to their builders."""
+    if format == "voc":
+        _need_root(format, root)
+        from detkit.data.voc import read_split
+
+        read_split(Path(root), split or ("trainval" if train else "test"))
+    elif format == "coco":
+        _need_root(format, root)
+        if not ann_file:
+            raise DetkitError("Data format 'coco' needs an ann_file (data.train.ann_file / data.test.ann_file).")
+        if not (Path(root) / ann_file).is_file():
+            raise DetkitError(f"COCO annotation file {Path(root) / ann_file} does not exist.")
+
+
 def _need_root(format: str, root: str | None) -> None:
     if not root:
         raise DetkitError(f"Data format '{format}' needs a root folder (data.train.root / data.test.root).")
@@ -72,6 +89,6 @@ def build_dataset(format: str, root: str | None, split: str | None, ann_file: st
 
 __all__ = [
     "COCODataset", "DEMO_CLASSES", "DetectionDataset", "DetectionTransform", "FORMATS", "ImageRecord", "TrainStream",
-    "VOCDataset", "build_dataset", "build_test_loader", "build_train_loader", "build_transforms", "collate",
+    "VOCDataset", "build_dataset", "check_data_paths", "build_test_loader", "build_train_loader", "build_transforms", "collate",
     "ensure_demo", "read_image", "to_tensor",
 ]

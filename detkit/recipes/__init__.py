@@ -50,8 +50,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True, overwrite: b
     cfg = resolved_config(cfg)
     if not resume:
         # A fresh run fetches and reads its starting weights before it writes anything: offline, or with a
-        # truncated file, the folder stays clean and the same command runs once the file is in place.
+        # truncated file, the folder stays clean and the same command runs once the file is in place. A mistyped
+        # data path is found first, before a download.
+        from detkit.data import check_data_paths
         from detkit.modeling.backbones.pretrained import read_state_dict
+
+        for split in ("train", "test"):
+            d = getattr(cfg.data, split)
+            check_data_paths(d.format, d.root, d.split, d.ann_file, train=split == "train")
 
         for spec in (cfg.model.weights, cfg.model.backbone.weights):
             if spec:

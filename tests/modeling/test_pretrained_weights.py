@@ -232,6 +232,21 @@ def test_truncated_cache_file_is_named_with_the_advice_to_delete_it(hub, weight_
     assert not out.exists() and hub.calls == []
 
 
+def test_a_mistyped_data_path_is_reported_before_any_download(hub, tmp_path):
+    from detkit import recipes
+
+    out = tmp_path / "run"
+    cases = [
+        (["data.train.format=voc", f"data.train.root={tmp_path / 'BCDD'}"], "VOC split file"),
+        (["data.test.format=coco", f"data.test.root={tmp_path}", "data.test.ann_file=instances_tset.json"],
+         f"COCO annotation file {tmp_path / 'instances_tset.json'} does not exist"),
+    ]
+    for overrides, expected in cases:
+        with pytest.raises(DetkitError, match=expected):
+            recipes.train(_r18(f"model.backbone.weights={R18}", f"output_dir={out}", *overrides), progress=False)
+    assert hub.calls == [] and not out.exists()
+
+
 class _Payload:
     pass
 
