@@ -14,20 +14,28 @@ if _workers > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
 
 
+
 import pytest  # noqa: E402
 
+from detkit.data import image_io  # noqa: E402
+from detkit.ops import dispatch  # noqa: E402
 
-@pytest.fixture(autouse=True)
-def _process_settings_restored():
-    """A run inside the test process (detkit.edge.setup, a tool under runpy) sets process-wide settings from its
-    config: the image pixel cap, the ops backend, torch's thread count. Each test gets them back as they were, so a
-    test's config (say data.max_image_pixels=100) never reaches the next test on the same worker."""
-    from detkit.data import image_io
-    from detkit.ops import dispatch
+# The process-wide settings as a test starts: the defaults, and the worker's share of the threads.
+BASELINE = (image_io.max_image_pixels(), dispatch._configured, torch.get_num_threads())
 
-    cap, backend, threads = image_io.max_image_pixels(), dispatch._configured, torch.get_num_threads()
-    yield
+
+def _restore(cap: int | None, backend: str, threads: int) -> None:
     image_io.set_max_image_pixels(cap)
     dispatch._configured = backend
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _process_settings_restored():
+    """A run inside the test process (detkit.edge.setup, a tool under runpy, a module-scoped fixture that trains)
+    sets process-wide settings from its config: the image pixel cap, the ops backend, torch's thread count. Every
+    test starts and ends with BASELINE, so a config's data.max_image_pixels=100 never reaches the next test."""
+    _restore(*BASELINE)
+    yield
+    _restore(*BASELINE)

@@ -6,8 +6,9 @@ import torch
 
 from detkit.data import image_io
 from detkit.ops import dispatch
+from tests.conftest import BASELINE
 
-_THREADS = torch.get_num_threads()
+_THREADS = BASELINE[2]
 
 
 def test_a_run_in_this_process_sets_odd_values():

@@ -33,13 +33,7 @@ def write_png_bomb(path, width=12000, height=8000):
                      + chunk(b"IEND", b""))
 
 
-@pytest.fixture
-def restore_cap():
-    yield
-    image_io.set_max_image_pixels(image_io.DEFAULT_MAX_IMAGE_PIXELS)
-
-
-def test_a_96_megapixel_png_is_refused_from_its_header_without_decoding(tmp_path, monkeypatch, restore_cap):
+def test_a_96_megapixel_png_is_refused_from_its_header_without_decoding(tmp_path, monkeypatch):
     bomb = tmp_path / "bomb.png"
     write_png_bomb(bomb)
     assert bomb.stat().st_size < 1_000_000
@@ -80,7 +74,7 @@ def test_decoder_and_file_system_errors_become_one_line_naming_the_image(tmp_pat
         read_image(tmp_path / "ok.jpg")
 
 
-def test_loader_workers_ignore_sigint_exit_quietly_on_sigterm_and_take_the_pixel_cap(restore_cap):
+def test_loader_workers_ignore_sigint_exit_quietly_on_sigterm_and_take_the_pixel_cap():
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         _worker_init(0, max_pixels=1234)
