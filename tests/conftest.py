@@ -2,6 +2,7 @@
 chosen before any kernel module is imported (triton.jit decides at decoration time), so it is set here, first."""
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -14,9 +15,7 @@ if _workers > 1:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
 
 
-
-import pytest  # noqa: E402
-
+# detkit is imported only here, after TRITON_INTERPRET is chosen.
 from detkit.data import image_io  # noqa: E402
 from detkit.ops import dispatch  # noqa: E402
 

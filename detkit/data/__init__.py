@@ -89,6 +89,6 @@ def build_dataset(format: str, root: str | None, split: str | None, ann_file: st
 
 __all__ = [
     "COCODataset", "DEMO_CLASSES", "DetectionDataset", "DetectionTransform", "FORMATS", "ImageRecord", "TrainStream",
-    "VOCDataset", "build_dataset", "check_data_paths", "build_test_loader", "build_train_loader", "build_transforms", "collate",
-    "ensure_demo", "read_image", "to_tensor",
+    "VOCDataset", "build_dataset", "build_test_loader", "build_train_loader", "build_transforms", "check_data_paths",
+    "collate", "ensure_demo", "read_image", "to_tensor",
 ]
