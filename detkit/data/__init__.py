@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from detkit.data.base import DetectionDataset, ImageRecord, Transform
-from detkit.data.coco import COCODataset
+from detkit.data.coco import COCODataset, check_ann_file_exists
 from detkit.data.demo import DEMO_CLASSES, ensure_demo
 from detkit.data.image_io import read_image, to_tensor
 from detkit.data.loader import TrainStream, build_test_loader, build_train_loader, collate
 from detkit.data.transforms import DetectionTransform, build_transforms
-from detkit.data.voc import VOCDataset
+from detkit.data.voc import VOCDataset, read_split
 from detkit.errors import DetkitError
 from detkit.registries import FORMATS, resolve
 
@@ -34,18 +34,15 @@ def build_voc(root: str | None, split: str | None, ann_file: str | None, train: 
          skip_corrupt: bool, demo_cache: str | None) -> DetectionDataset:
     """A Pascal VOC folder (root), split trainval / test by default."""
     _need_root("voc", root)
-    return VOCDataset(root, split or ("trainval" if train else "test"), skip_corrupt=skip_corrupt,
-                      transforms=transforms)
+    return VOCDataset(root, _voc_split(split, train), skip_corrupt=skip_corrupt, transforms=transforms)
 
 
 def build_coco(root: str | None, split: str | None, ann_file: str | None, train: bool, transforms: Transform | None,
           skip_corrupt: bool, demo_cache: str | None) -> DetectionDataset:
     """COCO json (ann_file, relative to root); images in root/split when a split is given, else in root."""
-    _need_root("coco", root)
-    if not ann_file:
-        raise DetkitError("Data format 'coco' needs an ann_file (data.train.ann_file / data.test.ann_file).")
+    ann_path = _coco_ann_file(root, ann_file)
     image_dir = Path(root) / split if split else Path(root)
-    return COCODataset(image_dir, Path(root) / ann_file, skip_corrupt=skip_corrupt, transforms=transforms)
+    return COCODataset(image_dir, ann_path, skip_corrupt=skip_corrupt, transforms=transforms)
 
 
 def check_data_paths(format: str, root: str | None, split: str | None, ann_file: str | None, train: bool) -> None:
@@ -54,20 +51,26 @@ def check_data_paths(format: str, root: str | None, split: str | None, ann_file:
     Formats other than voc and coco are left to their builders."""
     if format == "voc":
         _need_root(format, root)
-        from detkit.data.voc import read_split
-
-        read_split(Path(root), split or ("trainval" if train else "test"))
+        read_split(Path(root), _voc_split(split, train))
     elif format == "coco":
-        _need_root(format, root)
-        if not ann_file:
-            raise DetkitError("Data format 'coco' needs an ann_file (data.train.ann_file / data.test.ann_file).")
-        if not (Path(root) / ann_file).is_file():
-            raise DetkitError(f"COCO annotation file {Path(root) / ann_file} does not exist.")
+        check_ann_file_exists(_coco_ann_file(root, ann_file))
 
 
 def _need_root(format: str, root: str | None) -> None:
     if not root:
         raise DetkitError(f"Data format '{format}' needs a root folder (data.train.root / data.test.root).")
+
+
+def _voc_split(split: str | None, train: bool) -> str:
+    return split or ("trainval" if train else "test")
+
+
+def _coco_ann_file(root: str | None, ann_file: str | None) -> Path:
+    """root / ann_file; DetkitError when either is unset."""
+    _need_root("coco", root)
+    if not ann_file:
+        raise DetkitError("Data format 'coco' needs an ann_file (data.train.ann_file / data.test.ann_file).")
+    return Path(root) / ann_file
 
 
 # data.*.format -> the function that builds that format's dataset: detkit.registries.FORMATS (a new format is one

@@ -18,10 +18,15 @@ from detkit.data.base import DetectionDataset, ImageRecord, Transform, warn_drop
 from detkit.errors import DetkitError
 
 
-def _load_json(ann_file: Path) -> dict[str, Any]:
-    """Read the annotation json and check it has the three lists COCO detection needs."""
+def check_ann_file_exists(ann_file: Path) -> None:
+    """Raise DetkitError naming ann_file when it is not a file."""
     if not ann_file.is_file():
         raise DetkitError(f"COCO annotation file {ann_file} does not exist.")
+
+
+def _load_json(ann_file: Path) -> dict[str, Any]:
+    """Read the annotation json and check it has the three lists COCO detection needs."""
+    check_ann_file_exists(ann_file)
     try:
         data = json.loads(ann_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
