@@ -39,20 +39,3 @@ def _process_settings_restored():
     yield
     _restore(*BASELINE)
 
-
-# The test files that take longest (serial --durations, docs/benchmarks.md "The test suite's wall time"), run first:
-# under --dist loadfile a worker that is handed a long file last keeps the run going while the others idle.
-SLOW_FILES_FIRST = (
-    "tests/test_tools.py", "tests/engine/test_distributed.py", "tests/test_tools_no_lost_work.py",
-    "tests/test_propose_distributed.py", "tests/recipes/test_alternating_distributed.py",
-    "tests/recipes/test_alternating.py", "tests/test_propose_tool.py", "tests/recipes/test_rcnn_distributed.py",
-    "tests/test_fast_rcnn_tools.py", "tests/ops/test_benchmark.py", "tests/benchmarks/test_train_gpu.py",
-    "tests/modeling/test_pretrained_weights.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    """The files in SLOW_FILES_FIRST first, in that order; the rest after them as collected (a stable sort, so a
-    file's tests keep their order)."""
-    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
